@@ -1,0 +1,1 @@
+"""Benchmarks and evaluations: they print figures, they never assert timings."""

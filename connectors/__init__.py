@@ -1,0 +1,1 @@
+"""Sources into Kafka (file replay, MQTT, WebSocket, synthetic) and sinks out of it (webhooks)."""

@@ -1,0 +1,1 @@
+"""Forecasters, anomaly scoring, online training and the model registry: pure maths at the core."""

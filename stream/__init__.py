@@ -1,0 +1,1 @@
+"""The Faust topology: readings in; predictions, alerts, state and dead letters out."""

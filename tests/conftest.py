@@ -1,0 +1,59 @@
+"""Shared fixtures. Integration tests run against the real local Kafka and Redis, which the
+``services`` fixture starts once per session (or uses VIGIL_KAFKA_BOOTSTRAP / VIGIL_REDIS_URL)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from vigil import local_services
+from vigil.settings import TopicNames, VigilSettings, load_settings
+
+SHARED_DATA = Path(os.environ.get("VIGIL_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[VigilSettings]:
+    """The real Kafka and Redis, started if needed; left running for the next test run."""
+    settings = load_settings()
+    local_services.up(settings)
+    yield settings
+
+
+@pytest.fixture
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def settings(services: VigilSettings, run_id: str) -> VigilSettings:
+    """Settings with topic names, app id (consumer group, Redis prefix) of this test's own."""
+    topics = TopicNames(
+        readings=f"t-{run_id}.readings",
+        predictions=f"t-{run_id}.predictions",
+        alerts=f"t-{run_id}.alerts",
+        dead_letters=f"t-{run_id}.dead-letters",
+        model_versions=f"t-{run_id}.model-versions",
+        drift=f"t-{run_id}.drift",
+        partitions=services.topics.partitions,
+    )
+    return services.model_copy(update={"app_id": f"vigil-test-{run_id}", "topics": topics})
+
+
+@pytest.fixture
+def redis_client(services: VigilSettings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(services.redis)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,143 @@
+"""The `vigil` command: local services, the worker, the demo, and every sub-tool."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from vigil import __version__
+from vigil.settings import ConfigError, VigilSettings, load_settings
+
+app = typer.Typer(
+    help="Vigil: streaming LSTM forecasting and anomaly alerts on Kafka and Redis.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def settings_or_exit() -> VigilSettings:
+    """Load settings; on a bad value print which variable and stop with exit code 2."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vigil {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Vigil: streaming LSTM forecasting and anomaly alerts on Kafka and Redis."""
+
+
+@app.command()
+def up() -> None:
+    """Start local Kafka and Redis (unless VIGIL_KAFKA_BOOTSTRAP / VIGIL_REDIS_URL are set)."""
+    from vigil import local_services
+    from vigil.local_kafka import LocalServiceError
+
+    settings = settings_or_exit()
+    try:
+        started = local_services.up(settings)
+    except LocalServiceError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    for item in local_services.status(settings):
+        how = "started" if item.name in started else ("running" if item.managed else "external")
+        typer.echo(f"{item.name:6} {item.address:28} {how}")
+
+
+@app.command()
+def down() -> None:
+    """Stop the local Kafka and Redis that `vigil up` started."""
+    from vigil import local_services
+
+    stopped = local_services.down(settings_or_exit())
+    typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@app.command()
+def status() -> None:
+    """Show whether Kafka and Redis answer; exit 1 if one does not."""
+    from vigil import local_services
+
+    rows = local_services.status(settings_or_exit())
+    for item in rows:
+        state = "up" if item.answering else "DOWN"
+        kind = "local" if item.managed else "external"
+        typer.echo(f"{item.name:6} {item.address:28} {kind:8} {state}")
+    if not all(item.answering for item in rows):
+        raise typer.Exit(1)
+
+
+@app.command("fetch-kafka")
+def fetch_kafka() -> None:
+    """Fetch the local Kafka broker's jars from Maven Central (cached)."""
+    from vigil.local_kafka import LocalKafka, LocalServiceError
+
+    try:
+        libs = LocalKafka(settings_or_exit()).fetch()
+    except LocalServiceError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"kafka jars: {libs}")
+
+
+@app.command()
+def worker(
+    loglevel: Annotated[str, typer.Option(help="Faust log level")] = "",
+    web_port: Annotated[int, typer.Option(help="web server port (0 = VIGIL_WEB_PORT)")] = 0,
+) -> None:
+    """Run a Faust worker: consume readings, predict, score, alert, train."""
+    from stream.worker import run_worker
+
+    settings = settings_or_exit()
+    run_worker(settings, loglevel=loglevel or settings.log_level, web_port=web_port or settings.web_port)
+
+
+@app.command()
+def demo(
+    speedup: Annotated[float, typer.Option(help="replay speed-up; 0 = as fast as possible")] = 0.0,
+    seconds: Annotated[float, typer.Option(help="stop after this long")] = 240.0,
+    keep_up: Annotated[bool, typer.Option(help="leave Kafka and Redis running")] = True,
+) -> None:
+    """Start local services, replay the shipped sample through a worker, print results live."""
+    from stream.demo import run_demo
+
+    sys.exit(run_demo(settings_or_exit(), speedup=speedup, seconds=seconds, keep_up=keep_up))
+
+
+def _register_subcommands() -> None:
+    from bench.cli import app as bench_app
+    from bench.eval_cli import app as eval_app
+    from connectors.cli import app as connectors_app
+    from models.cli import app as models_app
+    from stream.cli import alerts_app
+
+    app.add_typer(models_app, name="models")
+    app.add_typer(bench_app, name="bench")
+    app.add_typer(eval_app, name="eval")
+    app.add_typer(connectors_app, name="connect")
+    app.add_typer(alerts_app, name="alerts")
+
+
+_register_subcommands()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

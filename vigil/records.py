@@ -1,0 +1,197 @@
+"""Records on the wire: one pydantic model per topic, JSON-encoded, versioned by field names.
+
+Readings are validated strictly on the way in (a bad one becomes a :class:`DeadLetter` with the
+reason); outputs carry :class:`Provenance` so any prediction or alert traces back to the offsets
+and model version that produced it.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Timestamp = Annotated[float, Field(description="seconds since the Unix epoch, UTC")]
+
+
+def parse_timestamp(value: Any) -> float:
+    """Epoch seconds from a number or an ISO-8601 string (naive strings are taken as UTC)."""
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be a number or an ISO-8601 string, not a boolean")
+    if isinstance(value, int | float):
+        ts = float(value)
+        if ts > 1e11:  # milliseconds, as most producers send them
+            ts /= 1000.0
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError(f"timestamp {value!r} is not ISO-8601") from exc
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        ts = parsed.timestamp()
+    else:
+        raise ValueError(f"timestamp must be a number or an ISO-8601 string, got {type(value).__name__}")
+    if not math.isfinite(ts):
+        raise ValueError("timestamp is not finite")
+    return ts
+
+
+class Reading(BaseModel):
+    """What the readings topic carries: one observation of one series (the Kafka key).
+
+    Either ``value`` (univariate) or ``values`` (named channels, e.g. OHLCV) is required.
+    Numbers must be finite; a missing observation is sent as ``null`` and handled by the gap
+    policy rather than travelling into the network as NaN.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    ts: Timestamp = Field(validation_alias="timestamp", serialization_alias="timestamp")
+    value: float | None = None
+    values: dict[str, float | None] | None = None
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _timestamp(cls, raw: Any) -> float:
+        return parse_timestamp(raw)
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _finite_value(cls, raw: Any) -> Any:
+        return _finite_or_none(raw, "value")
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _finite_values(cls, raw: Any) -> Any:
+        if raw is None:
+            return None
+        if not isinstance(raw, dict) or not raw:
+            raise ValueError("values must be a non-empty object of name: number")
+        return {str(k): _finite_or_none(v, f"values.{k}") for k, v in raw.items()}
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Reading:
+        # "value": null is a real (missing) observation, so presence is what counts, not None.
+        has_value = "value" in self.model_fields_set
+        has_values = self.values is not None
+        if has_value == has_values:
+            raise ValueError("a reading has exactly one of 'value' or 'values'")
+        return self
+
+    @property
+    def missing(self) -> bool:
+        return all(v is None for v in self.vector())
+
+    def vector(self, channels: list[str] | None = None) -> list[float | None]:
+        """The observation as a list; ``channels`` orders named values (None = missing)."""
+        if self.values is None:
+            return [self.value]
+        names = channels or sorted(self.values)
+        return [self.values.get(name) for name in names]
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+def _finite_or_none(raw: Any, name: str) -> float | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise ValueError(f"{name} must be a number, got {type(raw).__name__}")
+    try:
+        number = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+    if not math.isfinite(number):
+        raise ValueError(f"{name} is {raw!r}; send null for a missing value")
+    return number
+
+
+class Provenance(BaseModel):
+    """Where an output came from, so it can be traced and reproduced."""
+
+    topic: str
+    partition: int
+    offset: int
+    model_version: str
+    vigil_version: str
+
+
+class Prediction(BaseModel):
+    key: str
+    timestamp: float
+    forecast: list[float] = Field(description="the next `horizon` values, in input units")
+    lower: list[float]
+    upper: list[float]
+    observed: float | None = None
+    score: float = Field(ge=0.0, le=1.0)
+    anomaly: bool
+    group: str
+    provenance: Provenance
+
+
+class Alert(BaseModel):
+    alert_id: str
+    key: str
+    group: str
+    status: str = Field("firing", pattern="^(firing|resolved)$")
+    severity: str = Field(pattern="^(info|warning|critical)$")
+    start: float
+    end: float | None = None
+    score: float
+    recent_values: list[float]
+    forecast: list[float]
+    provenance: Provenance
+
+
+class DeadLetter(BaseModel):
+    """A rejected record, its bytes kept whole (base64-free: latin-1 round-trips any byte)."""
+
+    reason: str
+    topic: str
+    partition: int | None = None
+    offset: int | None = None
+    key: str | None = None
+    original: str = Field(description="the original value bytes decoded as latin-1")
+    source: str = Field("stream", description="which part of Vigil rejected it")
+    at: float
+
+    @classmethod
+    def of(
+        cls,
+        reason: str,
+        value: bytes | None,
+        *,
+        topic: str,
+        partition: int | None = None,
+        offset: int | None = None,
+        key: bytes | str | None = None,
+        source: str = "stream",
+        at: float,
+    ) -> DeadLetter:
+        key_text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+        return cls(
+            reason=reason,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key_text,
+            original=(value or b"").decode("latin-1"),
+            source=source,
+            at=at,
+        )
+
+    def original_bytes(self) -> bytes:
+        return self.original.encode("latin-1")
+
+
+class ModelAnnouncement(BaseModel):
+    """Published when a version goes live, so every worker hot-swaps without a restart."""
+
+    group: str
+    version: str
+    at: float
+    reason: str = ""

@@ -1,0 +1,278 @@
+"""One settings object for every part of Vigil, read from ``VIGIL_*`` variables and a TOML file.
+
+Nested settings use ``__`` in variable names (``VIGIL_BATCH__MAX_SIZE=128``); lists and objects
+(``VIGIL_GROUPS``, ``VIGIL_WEBHOOKS``) are JSON. A bad value stops start-up with a
+:class:`ConfigError` that names the variable, so nobody has to guess which knob was wrong.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "VIGIL_"
+CONFIG_FILE_VARIABLE = "VIGIL_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A setting has a value Vigil cannot run with; the message names the variable."""
+
+
+class ModelConfig(BaseModel):
+    """Shape of one forecaster; stored with every registry version so weights can be rebuilt."""
+
+    cell: Literal["lstm", "peephole", "gru"] = "lstm"
+    input_size: int = Field(1, ge=1, description="values per event (1 = univariate)")
+    hidden_size: int = Field(64, ge=1, le=4096)
+    num_layers: int = Field(2, ge=1, le=8)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    window: int = Field(64, ge=2, le=4096, description="events per window in window mode")
+    horizon: int = Field(1, ge=1, le=256, description="steps ahead the model forecasts")
+
+
+class TrainingConfig(BaseModel):
+    """Online fine-tuning: small guarded steps that never block inference."""
+
+    enabled: bool = True
+    learning_rate: float = Field(1e-3, gt=0, lt=1)
+    weight_decay: float = Field(1e-5, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    batch_size: int = Field(32, ge=1, le=4096)
+    replay_capacity: int = Field(4096, ge=16)
+    recent_fraction: float = Field(0.5, ge=0, le=1, description="share of a batch from recent examples")
+    holdout_size: int = Field(64, ge=4, description="recent examples held back for shadow evaluation")
+    steps_per_round: int = Field(20, ge=1)
+    min_examples: int = Field(128, ge=1, description="examples before the first round")
+    promote_margin: float = Field(0.02, ge=0, lt=1, description="relative loss gain a candidate needs")
+    level_shift_readmit_after: int = Field(
+        50, ge=0, description="flagged events in a row after which a persistent shift may be learned"
+    )
+
+
+class DetectorConfig(BaseModel):
+    """Turns forecast residuals into a score in [0, 1] and incidents with hysteresis."""
+
+    threshold: float = Field(0.99, gt=0, lt=1, description="score that opens an incident")
+    clear_threshold: float = Field(0.9, gt=0, lt=1, description="score below which it closes")
+    cooldown_events: int = Field(10, ge=0, description="events after an incident before another")
+    warmup_events: int = Field(64, ge=0, description="events per new key with no alerts")
+    short_window: int = Field(10, ge=1)
+    long_window: int = Field(500, ge=2)
+    interval_alpha: float = Field(0.1, gt=0, lt=1, description="1 - nominal interval coverage")
+
+    @model_validator(mode="after")
+    def _clear_below_open(self) -> DetectorConfig:
+        if self.clear_threshold >= self.threshold:
+            raise ValueError("clear_threshold must be below threshold")
+        if self.short_window >= self.long_window:
+            raise ValueError("short_window must be below long_window")
+        return self
+
+
+class ModelGroup(BaseModel):
+    """A model config and the series it serves; groups run side by side in one deployment."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    key_patterns: list[str] = Field(default_factory=lambda: ["*"])
+    topics: list[str] = Field(default_factory=list, description="empty = the readings topic")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+
+    def serves(self, key: str) -> bool:
+        return any(fnmatch.fnmatchcase(key, pattern) for pattern in self.key_patterns)
+
+
+class TopicNames(BaseModel):
+    readings: str = "vigil.readings"
+    predictions: str = "vigil.predictions"
+    alerts: str = "vigil.alerts"
+    dead_letters: str = "vigil.dead-letters"
+    model_versions: str = "vigil.model-versions"
+    drift: str = "vigil.drift"
+    partitions: int = Field(4, ge=1, le=1024, description="partitions of topics Vigil creates")
+
+
+class BatchConfig(BaseModel):
+    """Batched inference: one forward pass for many keys."""
+
+    max_size: int = Field(256, ge=1, le=65536)
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000)
+    latency_target_ms: float = Field(50.0, gt=0, description="batch sizing aims under this")
+    max_queue: int = Field(4096, ge=1, description="queued requests before partitions pause")
+
+
+class StreamConfig(BaseModel):
+    """Rules for input that is not clean."""
+
+    reorder_window: int = Field(8, ge=0, description="events held per key to restore order")
+    late_tolerance_s: float = Field(60.0, ge=0, description="older than the key's clock → dead letter")
+    state_flush_ms: float = Field(200.0, ge=1, description="how often state goes to Redis")
+    alert_stream_maxlen: int = Field(10_000, ge=10)
+
+
+class WebhookEndpoint(BaseModel):
+    url: str = Field(pattern=r"^https?://")
+    min_severity: Literal["info", "warning", "critical"] = "warning"
+    key_pattern: str = "*"
+    format: Literal["json", "slack"] = "json"
+    max_concurrency: int = Field(4, ge=1, le=256)
+    max_attempts: int = Field(8, ge=1, le=100)
+    timeout_s: float = Field(5.0, gt=0)
+    retries_per_minute: int = Field(60, ge=1, description="retry budget; no retry storms")
+
+
+class LocalServices(BaseModel):
+    """Where `vigil up` puts the Kafka and Redis it starts when none is configured."""
+
+    kafka_version: str = "4.1.1"
+    kafka_port: int = Field(19092, ge=1024, le=65535)
+    controller_port: int = Field(19093, ge=1024, le=65535)
+    redis_port: int = Field(16379, ge=1024, le=65535)
+    home: Path = Path(".vigil")
+
+
+class VigilSettings(BaseSettings):
+    """Everything Vigil reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    kafka_bootstrap: str | None = Field(
+        None, description="host:port[,host:port]; unset = the local broker `vigil up` starts"
+    )
+    redis_url: str | None = Field(None, description="redis://…; unset = the local redis-server")
+    app_id: str = Field("vigil", pattern=r"^[A-Za-z0-9._-]+$", description="Faust app and consumer group")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    web_port: int = Field(6066, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    topics: TopicNames = Field(default_factory=TopicNames)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    stream: StreamConfig = Field(default_factory=StreamConfig)
+    groups: list[ModelGroup] = Field(
+        default_factory=lambda: [ModelGroup(name="default")],
+        description="model groups; the first whose key_patterns match a key serves it",
+    )
+    webhooks: list[WebhookEndpoint] = Field(default_factory=list)
+    webhook_signing_key: SecretStr | None = Field(None, description="HMAC-SHA256 key for webhooks")
+    local: LocalServices = Field(default_factory=LocalServices)
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _hosts_have_ports(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for host in value.split(","):
+            name, _, port = host.strip().rpartition(":")
+            if not name or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port], got {value!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected a redis:// URL, got {value!r}")
+        return value
+
+    @field_validator("groups")
+    @classmethod
+    def _unique_group_names(cls, groups: list[ModelGroup]) -> list[ModelGroup]:
+        names = [g.name for g in groups]
+        if not groups:
+            raise ValueError("at least one model group is needed")
+        if len(set(names)) != len(names):
+            raise ValueError(f"group names must be unique, got {names}")
+        return groups
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Variables win over the file, so one deployment file can be tuned per environment.
+        return (init_settings, env_settings, _TomlFileSource(settings_cls))
+
+    # ---- derived values -------------------------------------------------------------------
+    @property
+    def local_kafka_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.local.kafka_port}"
+
+    @property
+    def local_redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.local.redis_port}/0"
+
+    @property
+    def bootstrap(self) -> str:
+        """The broker Vigil talks to: the configured one or the local one."""
+        return self.kafka_bootstrap or self.local_kafka_bootstrap
+
+    @property
+    def redis(self) -> str:
+        return self.redis_url or self.local_redis_url
+
+    def group_for(self, key: str) -> ModelGroup | None:
+        return next((g for g in self.groups if g.serves(key)), None)
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Reads the optional file named by ``VIGIL_CONFIG``."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get(CONFIG_FILE_VARIABLE)
+        if not path:
+            return {}
+        try:
+            with open(path, "rb") as handle:
+                return tomllib.load(handle)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{CONFIG_FILE_VARIABLE}: no such file {path!r}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{CONFIG_FILE_VARIABLE}: {path!r} is not valid TOML: {exc}") from exc
+
+
+def variable_name(location: tuple[str | int, ...]) -> str:
+    """Turn a pydantic error location into the variable a user sets, e.g. VIGIL_BATCH__MAX_SIZE."""
+    head: list[str] = []
+    tail: list[str] = []
+    for part in location:
+        if isinstance(part, int) or tail:
+            tail.append(str(part))
+        else:
+            head.append(part)
+    name = ENV_PREFIX + "__".join(head).upper()
+    return name + (f" (item {'.'.join(tail)})" if tail else "")
+
+
+def load_settings(**overrides: Any) -> VigilSettings:
+    """Read settings or raise ConfigError naming every bad variable."""
+    try:
+        return VigilSettings(**overrides)
+    except ValidationError as exc:
+        problems = [
+            f"{variable_name(err['loc'])}: {err['msg']}"
+            + (f" (got {err['input']!r})" if not isinstance(err["input"], dict) else "")
+            for err in exc.errors()
+        ]
+        raise ConfigError("invalid Vigil configuration:\n  " + "\n  ".join(problems)) from None
+    except ValueError as exc:  # JSON in a complex variable that does not parse
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"invalid Vigil configuration: {exc}") from None
