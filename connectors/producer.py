@@ -33,7 +33,9 @@ def kafka_client_options(settings: VigilSettings) -> dict[str, object]:
     if "SSL" in protocol:
         from aiokafka.helpers import create_ssl_context
 
-        options["ssl_context"] = create_ssl_context(cafile=getattr(settings, "kafka_ssl_cafile", None))
+        options["ssl_context"] = create_ssl_context(
+            cafile=getattr(settings, "kafka_ssl_cafile", None)
+        )
     return options
 
 
@@ -55,13 +57,18 @@ class RecordProducer:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self._producer.stop()
 
     async def send_reading(self, key: str, reading: Reading, topic: str | None = None) -> None:
         """Queue one reading (returns once buffered; call flush() before checkpointing)."""
-        await self._producer.send(topic or self.settings.topics.readings, reading.to_json(), key=key.encode())
+        await self._producer.send(
+            topic or self.settings.topics.readings, reading.to_json(), key=key.encode()
+        )
 
     async def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         await self._producer.send(topic, value, key=key)

@@ -14,7 +14,11 @@ import redis
 from vigil import local_services
 from vigil.settings import TopicNames, VigilSettings, load_settings
 
-SHARED_DATA = Path(os.environ.get("VIGIL_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+SHARED_DATA = Path(
+    os.environ.get(
+        "VIGIL_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    )
+).resolve()
 
 
 @pytest.fixture(scope="session")

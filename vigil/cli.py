@@ -103,7 +103,9 @@ def worker(
     from stream.worker import run_worker
 
     settings = settings_or_exit()
-    run_worker(settings, loglevel=loglevel or settings.log_level, web_port=web_port or settings.web_port)
+    run_worker(
+        settings, loglevel=loglevel or settings.log_level, web_port=web_port or settings.web_port
+    )
 
 
 @app.command()

@@ -95,7 +95,9 @@ async def broker_answers(bootstrap: str, timeout_s: float = 3.0) -> bool:
 
     # A probe expects refusals while the broker boots; aiokafka would log each one as an error.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+    )
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
         await asyncio.wait_for(admin.list_topics(), timeout_s)
@@ -128,7 +130,9 @@ class LocalKafka:
         if self.libs.is_dir() and any(self.libs.glob("kafka_2.13-*.jar")):
             return self.libs
         if shutil.which("mvn") is None:
-            raise LocalServiceError("Maven (mvn) is needed to fetch Kafka; install it or set VIGIL_KAFKA_BOOTSTRAP")
+            raise LocalServiceError(
+                "Maven (mvn) is needed to fetch Kafka; install it or set VIGIL_KAFKA_BOOTSTRAP"
+            )
         partial = self.libs.with_name("libs.partial")
         shutil.rmtree(partial, ignore_errors=True)
         command = [
@@ -183,10 +187,14 @@ class LocalKafka:
     def _format(self) -> None:
         if (self.data / "meta.properties").exists():
             return
-        command = self._java("kafka.tools.StorageTool", "format", "-t", kafka_uuid(), "-c", str(self.config))
+        command = self._java(
+            "kafka.tools.StorageTool", "format", "-t", kafka_uuid(), "-c", str(self.config)
+        )
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise LocalServiceError("formatting Kafka storage failed:\n" + (result.stdout + result.stderr)[-3000:])
+            raise LocalServiceError(
+                "formatting Kafka storage failed:\n" + (result.stdout + result.stderr)[-3000:]
+            )
 
     # -- run ------------------------------------------------------------------------------
     def running(self) -> bool:
@@ -216,11 +224,15 @@ class LocalKafka:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 self.pid_file.clear()
-                raise LocalServiceError(f"Kafka exited with {process.returncode}; see {self.log}:\n{self.tail()}")
+                raise LocalServiceError(
+                    f"Kafka exited with {process.returncode}; see {self.log}:\n{self.tail()}"
+                )
             if asyncio.run(broker_answers(self.bootstrap)):
                 return True
             time.sleep(0.5)
-        raise LocalServiceError(f"Kafka did not answer on {self.bootstrap} within {timeout_s:.0f}s; see {self.log}")
+        raise LocalServiceError(
+            f"Kafka did not answer on {self.bootstrap} within {timeout_s:.0f}s; see {self.log}"
+        )
 
     def stop(self) -> bool:
         return stop_process(self.pid_file)

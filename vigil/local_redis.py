@@ -56,7 +56,9 @@ class LocalRedis:
         ]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise LocalServiceError(f"redis-server failed to start: {result.stderr or result.stdout}")
+            raise LocalServiceError(
+                f"redis-server failed to start: {result.stderr or result.stdout}"
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if redis_answers(self.url):

@@ -47,5 +47,7 @@ def status(settings: VigilSettings) -> list[ServiceStatus]:
             settings.kafka_bootstrap is None,
             asyncio.run(broker_answers(settings.bootstrap)),
         ),
-        ServiceStatus("redis", settings.redis, settings.redis_url is None, redis_answers(settings.redis)),
+        ServiceStatus(
+            "redis", settings.redis, settings.redis_url is None, redis_answers(settings.redis)
+        ),
     ]

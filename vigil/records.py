@@ -33,7 +33,9 @@ def parse_timestamp(value: Any) -> float:
             parsed = parsed.replace(tzinfo=UTC)
         ts = parsed.timestamp()
     else:
-        raise ValueError(f"timestamp must be a number or an ISO-8601 string, got {type(value).__name__}")
+        raise ValueError(
+            f"timestamp must be a number or an ISO-8601 string, got {type(value).__name__}"
+        )
     if not math.isfinite(ts):
         raise ValueError("timestamp is not finite")
     return ts
@@ -126,6 +128,9 @@ class Prediction(BaseModel):
     forecast: list[float] = Field(description="the next `horizon` values, in input units")
     lower: list[float]
     upper: list[float]
+    channels: dict[str, dict[str, list[float]]] | None = Field(
+        None, description="multivariate groups: forecast, lower, upper per named channel"
+    )
     observed: float | None = None
     score: float = Field(ge=0.0, le=1.0)
     anomaly: bool
@@ -195,3 +200,16 @@ class ModelAnnouncement(BaseModel):
     version: str
     at: float
     reason: str = ""
+
+
+class DriftEvent(BaseModel):
+    """A regime change in a key's forecast residuals; training speeds up after one."""
+
+    key: str
+    group: str
+    timestamp: float
+    direction: str
+    method: str
+    statistic: float
+    lr_scale: float
+    provenance: Provenance

@@ -13,7 +13,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "VIGIL_"
@@ -45,13 +53,21 @@ class TrainingConfig(BaseModel):
     grad_clip: float = Field(1.0, gt=0)
     batch_size: int = Field(32, ge=1, le=4096)
     replay_capacity: int = Field(4096, ge=16)
-    recent_fraction: float = Field(0.5, ge=0, le=1, description="share of a batch from recent examples")
-    holdout_size: int = Field(64, ge=4, description="recent examples held back for shadow evaluation")
+    recent_fraction: float = Field(
+        0.5, ge=0, le=1, description="share of a batch from recent examples"
+    )
+    holdout_size: int = Field(
+        64, ge=4, description="recent examples held back for shadow evaluation"
+    )
     steps_per_round: int = Field(20, ge=1)
     min_examples: int = Field(128, ge=1, description="examples before the first round")
-    promote_margin: float = Field(0.02, ge=0, lt=1, description="relative loss gain a candidate needs")
+    promote_margin: float = Field(
+        0.02, ge=0, lt=1, description="relative loss gain a candidate needs"
+    )
     level_shift_readmit_after: int = Field(
-        50, ge=0, description="flagged events in a row after which a persistent shift may be learned"
+        50,
+        ge=0,
+        description="flagged events in a row after which a persistent shift may be learned",
     )
 
 
@@ -81,11 +97,29 @@ class ModelGroup(BaseModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
     key_patterns: list[str] = Field(default_factory=lambda: ["*"])
     topics: list[str] = Field(default_factory=list, description="empty = the readings topic")
+    channels: list[str] = Field(
+        default_factory=list, description="names of the values of a multivariate reading, in order"
+    )
+    gap_policy: Literal["carry_forward", "interpolate", "mask"] = Field(
+        "carry_forward", description="how missing values are filled in windows (never NaN)"
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
 
-    def serves(self, key: str) -> bool:
+    @model_validator(mode="after")
+    def _channels_match_input(self) -> ModelGroup:
+        if self.channels and len(self.channels) != self.model.input_size:
+            raise ValueError(
+                f"channels has {len(self.channels)} names but model.input_size is {self.model.input_size}"
+            )
+        if not self.channels and self.model.input_size != 1:
+            raise ValueError("a multivariate group (model.input_size > 1) needs channel names")
+        return self
+
+    def serves(self, key: str, topic: str | None = None) -> bool:
+        if self.topics and topic is not None and topic not in self.topics:
+            return False
         return any(fnmatch.fnmatchcase(key, pattern) for pattern in self.key_patterns)
 
 
@@ -109,12 +143,14 @@ class BatchConfig(BaseModel):
 
 
 class StreamConfig(BaseModel):
-    """Rules for input that is not clean."""
+    """How the stream runs. Out-of-order events are put back in order within each batch (the
+    batch is the reorder buffer, ``batch.max_wait_ms`` its hold time); an event older than its
+    key's newest processed one goes to the dead-letter topic as ``late``."""
 
-    reorder_window: int = Field(8, ge=0, description="events held per key to restore order")
-    late_tolerance_s: float = Field(60.0, ge=0, description="older than the key's clock → dead letter")
-    state_flush_ms: float = Field(200.0, ge=1, description="how often state goes to Redis")
     alert_stream_maxlen: int = Field(10_000, ge=10)
+    session_timeout_s: float = Field(
+        10.0, ge=3, le=300, description="how soon a dead worker's partitions move to the others"
+    )
 
 
 class WebhookEndpoint(BaseModel):
@@ -126,6 +162,51 @@ class WebhookEndpoint(BaseModel):
     max_attempts: int = Field(8, ge=1, le=100)
     timeout_s: float = Field(5.0, gt=0)
     retries_per_minute: int = Field(60, ge=1, description="retry budget; no retry storms")
+    name: str | None = Field(
+        None, description="label in metrics and dead letters; default: the URL minus secrets"
+    )
+    backoff_base_s: float = Field(0.5, gt=0, description="first retry waits up to this long")
+    backoff_max_s: float = Field(60.0, gt=0, description="cap of the exponential back-off")
+    failure_threshold: int = Field(5, ge=1, description="failures in a row that open the circuit")
+    cooldown_s: float = Field(30.0, gt=0, description="open circuit waits this long, then probes")
+
+
+class AlertMatcher(BaseModel):
+    """Glob patterns on an alert's key, group and severity (silences and inhibition rules)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = "*"
+    group: str = "*"
+    severity: str = "*"
+
+
+class InhibitRule(BaseModel):
+    """While an alert matching ``source_match`` fires, alerts matching ``target_match`` (and
+    equal to it on the ``equal`` fields) are not sent, e.g. a MARKET halt mutes every ticker."""
+
+    source_match: AlertMatcher
+    target_match: AlertMatcher = Field(default_factory=AlertMatcher)
+    equal: list[Literal["key", "group", "severity"]] = Field(default_factory=list)
+
+
+class AlertingConfig(BaseModel):
+    """Alertmanager-style routing before webhooks: grouping, inhibition, delivery bookkeeping."""
+
+    group_by: list[Literal["key", "group", "severity"]] = Field(
+        default=["key"], description="fields whose values make alerts one notification"
+    )
+    group_wait_s: float = Field(2.0, ge=0, description="a new group waits this long for company")
+    group_interval_s: float = Field(
+        30.0, ge=0, description="later alerts of a notified group wait this long after it"
+    )
+    inhibit_rules: list[InhibitRule] = Field(default_factory=list)
+    poll_interval_s: float = Field(
+        0.25, gt=0, description="how often Redis is checked for due work"
+    )
+    retention_s: float = Field(
+        7 * 86400.0, gt=0, description="how long delivered ids are remembered (dedup window)"
+    )
 
 
 class LocalServices(BaseModel):
@@ -151,8 +232,23 @@ class VigilSettings(BaseSettings):
     kafka_bootstrap: str | None = Field(
         None, description="host:port[,host:port]; unset = the local broker `vigil up` starts"
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how Vigil talks to Kafka; SASL_SSL for a secured cluster"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism; needed when the protocol is SASL_*"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user, e.g. a KafkaUser")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password; from a Secret, never a ConfigMap"
+    )
+    kafka_ssl_cafile: str | None = Field(
+        None, description="PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL)"
+    )
     redis_url: str | None = Field(None, description="redis://…; unset = the local redis-server")
-    app_id: str = Field("vigil", pattern=r"^[A-Za-z0-9._-]+$", description="Faust app and consumer group")
+    app_id: str = Field(
+        "vigil", pattern=r"^[A-Za-z0-9._-]+$", description="Faust app and consumer group"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     web_port: int = Field(6066, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -165,6 +261,7 @@ class VigilSettings(BaseSettings):
     )
     webhooks: list[WebhookEndpoint] = Field(default_factory=list)
     webhook_signing_key: SecretStr | None = Field(None, description="HMAC-SHA256 key for webhooks")
+    alerting: AlertingConfig = Field(default_factory=AlertingConfig)
     local: LocalServices = Field(default_factory=LocalServices)
 
     @field_validator("kafka_bootstrap")
@@ -225,8 +322,20 @@ class VigilSettings(BaseSettings):
     def redis(self) -> str:
         return self.redis_url or self.local_redis_url
 
-    def group_for(self, key: str) -> ModelGroup | None:
-        return next((g for g in self.groups if g.serves(key)), None)
+    def group_for(self, key: str, topic: str | None = None) -> ModelGroup | None:
+        """The first group that serves this key on this topic (groups without topics: readings)."""
+        for group in self.groups:
+            if not group.topics and topic not in (None, self.topics.readings):
+                continue
+            if group.serves(key, topic):
+                return group
+        return None
+
+    def input_topics(self) -> list[str]:
+        topics = [self.topics.readings]
+        for group in self.groups:
+            topics.extend(t for t in group.topics if t not in topics)
+        return topics
 
 
 class _TomlFileSource(PydanticBaseSettingsSource):

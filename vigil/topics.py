@@ -27,7 +27,10 @@ async def ensure_topics(settings: VigilSettings, names: list[str] | None = None)
         if missing:
             try:
                 await admin.create_topics(
-                    [NewTopic(n, num_partitions=settings.topics.partitions, replication_factor=1) for n in missing]
+                    [
+                        NewTopic(n, num_partitions=settings.topics.partitions, replication_factor=1)
+                        for n in missing
+                    ]
                 )
             except TopicAlreadyExistsError:
                 pass

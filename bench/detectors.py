@@ -1,0 +1,99 @@
+"""The models the evaluations can run, by name: anomaly detectors for ``vigil eval nab`` and
+forecasters for ``vigil eval forecast``.
+
+Adding one is one line at the bottom of this file (or a call from anywhere before the run)::
+
+    register_detector("vigil", lambda: VigilDetector())
+    register_forecaster("vigil", lambda setup: VigilForecaster(horizon=setup.horizon))
+
+A detector factory takes no argument and returns a fresh :class:`OnlineDetector` (one per
+series).  A forecaster factory takes the run's :class:`ForecastSetup` and returns a fresh
+:class:`OnlineForecaster`, or ``None`` when it does not apply (a seasonal model with no season).
+Forecasters may also offer ``interval_one() -> (lower, upper)`` for their last forecast.
+
+``vigil eval nab`` runs files in worker processes started fresh ("spawn"), which import this
+module again: a detector registered here is seen by the workers, one registered at run time
+only when the run uses a single worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from bench.nab.windowed_gaussian import WindowedGaussian
+from models.baselines import (
+    ForecastResidualDetector,
+    Persistence,
+    RiverHalfSpaceTrees,
+    RiverLinearLags,
+    SeasonalNaive,
+)
+from models.online import OnlineDetector, OnlineForecaster
+
+__all__ = [
+    "DetectorFactory",
+    "ForecastSetup",
+    "ForecasterFactory",
+    "IntervalForecaster",
+    "OnlineDetector",
+    "OnlineForecaster",
+    "detector_factories",
+    "forecaster_factories",
+    "register_detector",
+    "register_forecaster",
+]
+
+
+@dataclass(frozen=True)
+class ForecastSetup:
+    """What a forecaster is built for: ``horizon`` steps ahead, ``season`` values per cycle."""
+
+    horizon: int = 1
+    season: int | None = None
+
+
+@runtime_checkable
+class IntervalForecaster(OnlineForecaster, Protocol):
+    """A forecaster that also bounds its last forecast: floats (next step) or one per step."""
+
+    def interval_one(self) -> tuple[float | Sequence[float], float | Sequence[float]]: ...
+
+
+DetectorFactory = Callable[[], OnlineDetector]
+ForecasterFactory = Callable[[ForecastSetup], OnlineForecaster | None]
+
+detector_factories: dict[str, DetectorFactory] = {}
+forecaster_factories: dict[str, ForecasterFactory] = {}
+
+
+def register_detector(name: str, factory: DetectorFactory) -> None:
+    """Make ``factory`` runnable as ``vigil eval nab --detector NAME`` (replaces a same name)."""
+    if not name or "/" in name or name != name.strip():
+        raise ValueError(f"detector name {name!r} must be non-empty, without '/' or spaces")
+    detector_factories[name] = factory
+
+
+def register_forecaster(name: str, factory: ForecasterFactory) -> None:
+    """Make ``factory`` one of the models ``vigil eval forecast`` compares."""
+    if not name:
+        raise ValueError("forecaster name must not be empty")
+    forecaster_factories[name] = factory
+
+
+def _seasonal_naive(setup: ForecastSetup) -> OnlineForecaster | None:
+    if setup.season is None or setup.season < 2:
+        return None
+    return SeasonalNaive(period=setup.season, horizon=setup.horizon)
+
+
+# --- registrations: one line per model -----------------------------------------------------
+register_detector("windowed-gaussian", WindowedGaussian)
+register_detector("river-hst", RiverHalfSpaceTrees)
+register_detector("persistence-residual", lambda: ForecastResidualDetector(Persistence()))
+register_detector("river-lags-residual", lambda: ForecastResidualDetector(RiverLinearLags()))
+
+register_forecaster("persistence", lambda setup: Persistence(horizon=setup.horizon))
+register_forecaster("seasonal-naive", _seasonal_naive)
+register_forecaster("river-linear-lags", lambda setup: RiverLinearLags(horizon=setup.horizon))

@@ -1,0 +1,236 @@
+"""From alerts to webhook deliveries: the :class:`AlertDispatcher` and the alerts-topic consumer.
+
+The dispatcher runs beside inference, never inside it: ``submit`` is one Redis round trip that
+records the alert durably; grouping, silences, inhibition and the HTTP work happen in the
+dispatcher's own asyncio tasks. The standalone consumer (``vigil connect webhooks``) reads the
+alerts topic in consumer group ``{app_id}-webhooks`` and commits offsets only after every alert
+of a batch is recorded in Redis, so a crash replays alerts (deduplicated) instead of losing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import CommitFailedError
+from aiokafka.structs import ConsumerRecord
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from connectors.alert_routing import AlertGroupBuffer, Notification, SilenceStore, route
+from connectors.producer import RecordProducer, kafka_client_options
+from connectors.webhooks import DeliveryQueue, WebhookDelivery, render_body
+from vigil.records import Alert
+from vigil.settings import VigilSettings
+
+log = logging.getLogger(__name__)
+
+
+class AlertDispatcher:
+    """Accepts alerts (``submit``), groups and routes them, delivers them to every configured
+    webhook. State is in Redis, so a new dispatcher resumes exactly where an old one stopped."""
+
+    def __init__(
+        self, settings: VigilSettings, redis: Redis, *, producer: RecordProducer | None = None
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        config = settings.alerting
+        self.buffer = AlertGroupBuffer(redis, settings.app_id, config)
+        self.silences = SilenceStore(redis, settings.app_id)
+        self.queue = DeliveryQueue(redis, settings.app_id, retention_s=config.retention_s)
+        key = settings.webhook_signing_key
+        self.endpoints = [
+            WebhookDelivery(
+                endpoint,
+                self.queue,
+                dead_letters=self._dead_letter,
+                signing_key=key.get_secret_value() if key else None,
+                poll_interval_s=config.poll_interval_s,
+            )
+            for endpoint in settings.webhooks
+        ]
+        self._producer = producer
+        self._owns_producer = False
+        self._producer_lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def endpoint(self, url: str) -> WebhookDelivery:
+        return next(e for e in self.endpoints if e.endpoint.url == url)
+
+    async def start(self) -> None:
+        if self.endpoints and not self.settings.webhook_signing_key:
+            log.warning("webhook_signing_key is not set: webhooks go out unsigned")
+        self._stopping = False
+        for notification in await self.buffer.outbox():  # taken but not routed before a crash
+            await self._route(notification)
+        for endpoint in self.endpoints:
+            await endpoint.start()
+        self._flusher = asyncio.create_task(self._flush_loop(), name="alert-group-flusher")
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop taking groups and claiming deliveries; attempts in flight finish first."""
+        self._stopping = True
+        self._wake.set()
+        if self._flusher is not None:
+            await self._flusher
+            self._flusher = None
+        for endpoint in self.endpoints:
+            await endpoint.stop(grace_s)
+        if self._owns_producer and self._producer is not None:
+            await self._producer.__aexit__(None, None, None)
+            self._producer = None
+            self._owns_producer = False
+
+    async def submit(self, alert: Alert) -> bool:
+        """Record an alert durably; False if this alert id and status was accepted before."""
+        added = await self.buffer.add(alert, time.time())
+        if added:
+            self._wake.set()
+        return added
+
+    async def flush_due(self) -> int:
+        """Turn every due group into a notification and queue its deliveries; returns how many."""
+        sent = 0
+        for group in await self.buffer.due_groups(time.time()):
+            notification = await self.buffer.take(group, time.time())
+            if notification is not None:
+                await self._route(notification)
+                sent += 1
+        return sent
+
+    async def _flush_loop(self) -> None:
+        poll = self.settings.alerting.poll_interval_s
+        while not self._stopping:
+            timeout = poll
+            try:
+                await self.flush_due()
+                due = await self.buffer.next_due()
+                if due is not None:
+                    timeout = min(poll, max(0.001, due - time.time()))
+            except Exception:
+                log.exception("alert grouping: flush failed; retrying")
+            if self._stopping:
+                break
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _route(self, notification: Notification) -> None:
+        """Apply silences and inhibition, then queue one delivery per interested endpoint."""
+        now = time.time()
+        alerts = notification.alerts
+        decision = route(
+            alerts,
+            now=now,
+            silences=await self.silences.active(now),
+            firing=await self.buffer.firing(now),
+            rules=self.settings.alerting.inhibit_rules,
+            firing_suppressed=await self.buffer.firing_suppressed(
+                [a.alert_id for a in alerts if a.status == "resolved"]
+            ),
+        )
+        muted = [a.alert_id for a, _ in decision.suppressed if a.status == "firing"]
+        if muted:
+            await self.buffer.mark_firing_suppressed(muted)
+        for alert, why in decision.suppressed:
+            log.info("alert %s (%s, %s) not sent: %s", alert.alert_id, alert.key, alert.status, why)
+        for endpoint in self.endpoints:
+            wanted = [a for a in decision.send if endpoint.wants(a)]
+            if wanted:
+                body = render_body(endpoint.endpoint, notification, wanted)
+                if await self.queue.enqueue(endpoint.id, notification, body, now):
+                    endpoint.wake()
+        await self.buffer.routed(notification.notification_id)
+
+    async def _dead_letter(self, reason: str, body: bytes, source: str, key: str | None) -> None:
+        async with self._producer_lock:
+            if self._producer is None:
+                producer = RecordProducer(self.settings)
+                await producer.__aenter__()
+                self._producer, self._owns_producer = producer, True
+        assert self._producer is not None
+        await self._producer.send_dead_letter(
+            reason, body, topic=self.settings.topics.alerts, source=source, key=key
+        )
+        await self._producer.flush()
+
+
+async def consume_alerts(
+    settings: VigilSettings, stop: asyncio.Event, *, ready: asyncio.Event | None = None
+) -> None:
+    """Alerts topic → dispatcher, until ``stop`` is set. Offsets are committed after the batch
+    is in Redis; records that are not alerts go to the dead-letter topic with the reason."""
+    redis = Redis.from_url(settings.redis)
+    consumer = AIOKafkaConsumer(
+        settings.topics.alerts,
+        bootstrap_servers=settings.bootstrap,
+        group_id=f"{settings.app_id}-webhooks",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **kafka_client_options(settings),
+    )
+    try:
+        async with RecordProducer(settings) as producer:
+            dispatcher = AlertDispatcher(settings, redis, producer=producer)
+            await dispatcher.start()
+            await consumer.start()
+            if ready is not None:
+                ready.set()
+            try:
+                while not stop.is_set():
+                    batches = await consumer.getmany(timeout_ms=200, max_records=500)
+                    if not batches:
+                        continue
+                    for messages in batches.values():
+                        for message in messages:
+                            await _accept(dispatcher, producer, message)
+                    await producer.flush()
+                    try:
+                        await consumer.commit()
+                    except CommitFailedError as exc:  # rebalanced: replays are deduplicated
+                        log.warning("alerts consumer: commit failed (%s); batch will replay", exc)
+            finally:
+                await consumer.stop()
+                await dispatcher.stop()
+    finally:
+        await redis.aclose()
+
+
+async def _accept(
+    dispatcher: AlertDispatcher, producer: RecordProducer, message: ConsumerRecord[bytes, bytes]
+) -> None:
+    value = message.value or b""
+    try:
+        alert = Alert.model_validate_json(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "record"
+        await producer.send_dead_letter(
+            f"not an alert: {where}: {first['msg']}", value,
+            topic=message.topic, source="webhooks", partition=message.partition,
+            offset=message.offset,
+            key=message.key.decode("utf-8", "replace") if message.key else None,
+        )  # fmt: skip
+        return
+    await dispatcher.submit(alert)
+
+
+def run_webhooks(settings: VigilSettings) -> None:
+    """Blocking entry point of ``vigil connect webhooks``: stops cleanly on SIGINT/SIGTERM."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await consume_alerts(settings, stop)
+
+    asyncio.run(main())

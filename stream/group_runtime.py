@@ -1,0 +1,188 @@
+"""One model group at run time: its live model, batch scheduler, trainer and registry watcher.
+
+Threads, not the event loop, do all torch work: the batch scheduler's model thread runs
+inference, the trainer thread fine-tunes, the watcher thread loads new live versions. The loop
+only hands over arrays and awaits futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import redis
+from torch import nn
+
+from models.batching import BatchScheduler
+from models.device import select_device
+from models.forecaster import build_forecaster
+from models.inference import InferenceEngine
+from models.registry import LiveModelWatcher, ModelRegistry
+from models.replay import ReplayBuffer
+from models.training import OnlineTrainer
+from stream.metrics import VigilMetrics
+from stream.series_processor import BatchOutput, SeriesProcessor
+from vigil.records import ModelAnnouncement
+from vigil.settings import ModelGroup, VigilSettings
+
+if TYPE_CHECKING:
+    from stream.topology import VigilStream
+
+log = logging.getLogger("vigil.group")
+
+
+class GroupRuntime:
+    def __init__(self, group: ModelGroup, settings: VigilSettings, metrics: VigilMetrics) -> None:
+        self.group = group
+        self.settings = settings
+        self.metrics = metrics
+        self.device = select_device(settings.device)
+        self.processor = SeriesProcessor(group, self.predict, lambda: self.version)
+        self.version = "none"
+        self.engine: InferenceEngine | None = None
+        self.scheduler: BatchScheduler | None = None
+        self.trainer: OnlineTrainer | None = None
+        self.watcher: LiveModelWatcher | None = None
+        self.registry: ModelRegistry | None = None
+        self.buffer: ReplayBuffer | None = None
+        self._stream: VigilStream | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._steps_reported = 0
+        self._started = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self.scheduler is not None
+
+    @property
+    def queue_depth(self) -> int:
+        return self.scheduler.queue_depth if self.scheduler is not None else 0
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def start(self, stream: VigilStream | None = None) -> None:
+        self._stream = stream
+        self._loop = asyncio.get_running_loop()
+        model = await asyncio.to_thread(self._load_live_model)
+        self.engine = InferenceEngine(model, self.device, version=self.version)
+        batch = self.settings.batch
+        model_config = self.group.model
+        self.scheduler = BatchScheduler(
+            self.engine,
+            batch,
+            window_shape=(model_config.window, model_config.input_size),
+            on_batch=lambda record: self.metrics.batch_size.observe(record.size),
+            name=self.group.name,
+        )
+        await self.scheduler.start()
+        training = self.group.training
+        assert self.registry is not None
+        if training.enabled:
+            self.buffer = ReplayBuffer(
+                training.replay_capacity, training.recent_fraction, training.holdout_size, seed=0
+            )
+            self.trainer = OnlineTrainer(
+                model, self.buffer, training, self._on_promote, group=self.group.name
+            )
+            self.trainer.start()
+        self.watcher = LiveModelWatcher(
+            self.registry,
+            self.group.name,
+            self._on_live_changed,
+            known_version=self.version,
+            device=self.device,
+        )
+        self.watcher.start()
+        self.metrics.set_live_version(self.group.name, self.version)
+        self._started.set()
+        log.info("group %s: serving %s on %s", self.group.name, self.version, self.device)
+
+    async def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.trainer is not None:
+            await asyncio.to_thread(self.trainer.stop)
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+
+    def _load_live_model(self) -> nn.Module:
+        """The live version from the registry; a fresh seeded model (registered live) if none."""
+        client = redis.Redis.from_url(self.settings.redis)
+        self.registry = ModelRegistry(client, self.settings.app_id)
+        name = self.group.name
+        live = self.registry.live(name)
+        if live is not None:
+            self.version = live
+            return self.registry.load_model(name, live, self.device)
+        model = build_forecaster(self.group.model, seed=0)
+        version = self.registry.register(
+            name, model, self.group.model, {}, note="initial (untrained)"
+        )
+        self.registry.promote(name, version, "first start")
+        self.version = self.registry.live(name) or version
+        if self.version != version:  # another worker won the race: serve its model
+            return self.registry.load_model(name, self.version, self.device)
+        return model.to(self.device).eval()
+
+    # ---- inference ----------------------------------------------------------------------
+    async def predict(self, windows: np.ndarray) -> np.ndarray:
+        await self._started.wait()  # agents may get events before the model has loaded
+        assert self.scheduler is not None
+        return await self.scheduler.submit_many(windows)
+
+    # ---- training -----------------------------------------------------------------------
+    def learn(self, output: BatchOutput) -> None:
+        """Feed admitted examples to the replay buffer and wake the trainer (never blocks)."""
+        if self.trainer is None or self.buffer is None:
+            return
+        for example in output.examples:
+            self.buffer.add(example.window, example.target)
+        if output.lr_scale is not None:
+            self.trainer.set_lr_scale(output.lr_scale)
+        if output.examples:
+            self.trainer.notify()
+        steps = self.trainer.stats.steps
+        if steps > self._steps_reported:
+            self.metrics.training_steps.labels(self.group.name).inc(steps - self._steps_reported)
+            self._steps_reported = steps
+
+    def _on_promote(self, candidate: nn.Module, metrics: dict[str, Any]) -> None:
+        """Trainer thread: register the winner, make it live, serve it, tell the other workers."""
+        assert self.registry is not None and self.engine is not None
+        version = self.registry.register(
+            self.group.name,
+            candidate,
+            self.group.model,
+            metrics,
+            parent=self.version,
+            note="online fine-tuning",
+        )
+        self.registry.promote(self.group.name, version, "shadow evaluation won")
+        if self.watcher is not None:
+            self.watcher.acknowledge(version)
+        self._serve(version, candidate)
+        self.metrics.promotions.labels(self.group.name, "promoted").inc()
+        self._announce(version, "online fine-tuning")
+
+    def _on_live_changed(self, version: str, model: nn.Module) -> None:
+        """Watcher thread: another worker promoted, or someone rolled back from the CLI."""
+        if self.trainer is not None:
+            self.trainer.set_live(model)
+        self._serve(version, model)
+
+    def _serve(self, version: str, model: nn.Module) -> None:
+        assert self.engine is not None
+        self.engine.swap(model, version=version)
+        self.version = version
+        self.metrics.set_live_version(self.group.name, version)
+
+    def _announce(self, version: str, reason: str) -> None:
+        stream, loop = self._stream, self._loop
+        if stream is None or loop is None:
+            return
+        announcement = ModelAnnouncement(
+            group=self.group.name, version=version, at=time.time(), reason=reason
+        )
+        asyncio.run_coroutine_threadsafe(stream.announce(announcement), loop)

@@ -1,0 +1,88 @@
+"""Vigil's Prometheus metrics, in the same registry Faust's Prometheus sensor serves on /metrics.
+
+One registry per app (not the process-wide default), so tests can build several apps in one
+process; collectors that live in the default registry (webhook delivery counters) are bridged in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class _DefaultRegistryBridge:
+    """Exposes the default registry's collectors (minus the process ones we already have)."""
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in REGISTRY.collect():
+            if metric.name.startswith("vigil_webhook"):
+                yield metric
+
+
+class VigilMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events = Counter("vigil_events", "Events by outcome", ["group", "outcome"], registry=r)
+        self.latency = Histogram(
+            "vigil_event_to_prediction_seconds",
+            "From the event's Kafka timestamp to its prediction being sent",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "vigil_batch_size", "Windows per forward pass", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.dead_letters = Counter(
+            "vigil_dead_letters", "Rejected records by reason", ["reason"], registry=r
+        )
+        self.alerts = Counter("vigil_alerts", "Alerts sent", ["group", "severity"], registry=r)
+        self.model_version = Gauge(
+            "vigil_model_version_info",
+            "Live model version (value 1)",
+            ["group", "version"],
+            registry=r,
+        )
+        self.training_steps = Counter(
+            "vigil_training_steps", "Optimiser steps taken online", ["group"], registry=r
+        )
+        self.promotions = Counter(
+            "vigil_model_promotions",
+            "Candidates promoted or rejected",
+            ["group", "outcome"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "vigil_consumer_lag",
+            "High-water mark minus position",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "vigil_event_loop_lag_seconds", "How late a 100 ms timer fires", registry=r
+        )
+        self.loop_lag_max = Gauge(
+            "vigil_event_loop_lag_max_seconds", "Largest loop lag in the last minute", registry=r
+        )
+        self.queue_depth = Gauge(
+            "vigil_inference_queue_depth", "Windows waiting for inference", registry=r
+        )
+        self.paused_partitions = Gauge(
+            "vigil_paused_partitions", "Partitions paused by backpressure", registry=r
+        )
+        self.drift_events = Counter("vigil_drift_events", "Drift detected", ["group"], registry=r)
+        self.state_writes = Counter(
+            "vigil_state_writes", "Per-key states written to Redis", registry=r
+        )
+        r.register(_DefaultRegistryBridge())  # type: ignore[arg-type]
+
+    def set_live_version(self, group: str, version: str) -> None:
+        for labels in list(self.model_version._metrics):  # one live version per group
+            if labels[0] == group:
+                self.model_version.remove(*labels)
+        self.model_version.labels(group, version).set(1)

@@ -1,0 +1,76 @@
+"""Per-key state, latest predictions and alerts in Redis — written in pipelined batches.
+
+State is what lets a partition move to another worker, or a worker restart, without replaying
+history: a key's window, normaliser and detector state are loaded the first time the key is
+seen and written back after every batch whose outputs have been delivered to Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from vigil.records import Alert, Prediction
+
+ALERT_DEDUP_TTL_S = 7 * 24 * 3600
+
+
+class StateStore:
+    def __init__(self, client: aioredis.Redis, app_id: str, *, alert_stream_maxlen: int = 10_000):
+        self.client = client
+        self.prefix = f"vigil:{app_id}"
+        self.alert_stream = f"{self.prefix}:alerts"
+        self.predictions_hash = f"{self.prefix}:predictions"
+        self.alert_stream_maxlen = alert_stream_maxlen
+
+    def state_key(self, group: str, key: str) -> str:
+        return f"{self.prefix}:state:{group}:{key}"
+
+    async def load_states(self, group: str, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The stored state of each key that has one (one round trip)."""
+        if not keys:
+            return {}
+        raw = await self.client.mget([self.state_key(group, k) for k in keys])
+        return {k: json.loads(v) for k, v in zip(keys, raw, strict=True) if v is not None}
+
+    async def save(
+        self,
+        states: Mapping[tuple[str, str], dict[str, Any]],
+        predictions: Iterable[Prediction] = (),
+    ) -> None:
+        """Write states (by (group, key)) and latest predictions in one pipelined transaction."""
+        latest = {p.key: p.model_dump_json() for p in predictions}
+        if not states and not latest:
+            return
+        async with self.client.pipeline(transaction=True) as pipe:
+            for (group, key), state in states.items():
+                pipe.set(self.state_key(group, key), json.dumps(state, separators=(",", ":")))
+            if latest:
+                pipe.hset(self.predictions_hash, mapping=latest)
+            await pipe.execute()
+
+    async def record_alert(self, alert: Alert) -> bool:
+        """Append to the capped alert stream once per (alert id, status); False if seen before."""
+        dedup = f"{self.prefix}:alert-ids:{alert.alert_id}:{alert.status}"
+        if not await self.client.set(dedup, b"1", nx=True, ex=ALERT_DEDUP_TTL_S):
+            return False
+        await self.client.xadd(
+            self.alert_stream,
+            {"alert": alert.model_dump_json(), "ts": str(alert.start)},
+            maxlen=self.alert_stream_maxlen,
+            approximate=True,
+        )
+        return True
+
+    async def latest_prediction(self, key: str) -> dict[str, Any] | None:
+        raw = await self.client.hget(self.predictions_hash, key)
+        return json.loads(raw) if raw else None
+
+    async def alerts_since(self, since: float, limit: int = 500) -> list[dict[str, Any]]:
+        """Alerts whose stream entry was written at or after `since` (epoch seconds)."""
+        start = f"{int(since * 1000)}-0"
+        entries = await self.client.xrange(self.alert_stream, min=start, max="+", count=limit)
+        return [json.loads(fields[b"alert"]) for _id, fields in entries]

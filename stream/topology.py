@@ -1,0 +1,330 @@
+"""The Faust app: one agent per input topic, batches of events through the group processors.
+
+Data flows one way: readings topic → validation → :class:`~stream.series_processor.SeriesProcessor`
+(batched inference on a model thread) → predictions / alerts / drift / dead-letter topics and
+Redis. Outputs are delivered to Kafka *before* the batch's state is written to Redis, and each
+key's state remembers the last offset it absorbed: after a crash the redelivered events are
+recognised and skipped, so nothing is lost and nothing is counted twice in the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+from faust.types import TP, EventT
+
+from stream.backpressure import PartitionThrottle
+from stream.group_runtime import GroupRuntime
+from stream.key_state import KeyState
+from stream.metrics import VigilMetrics
+from stream.series_processor import BatchOutput
+from stream.state_store import StateStore
+from stream.validation import InputEvent, Rejection, decode_event
+from vigil.records import DeadLetter, ModelAnnouncement
+from vigil.settings import VigilSettings
+
+log = logging.getLogger("vigil.stream")
+
+
+def faust_broker_options(settings: VigilSettings) -> dict[str, Any]:
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    ssl_context = None
+    if "SSL" in protocol:
+        from aiokafka.helpers import create_ssl_context
+
+        ssl_context = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+    if protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password
+        credentials = faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=password.get_secret_value() if password else None,
+            mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+            ssl_context=ssl_context,
+        )
+        return {"broker_credentials": credentials}
+    return {"broker_credentials": ssl_context}
+
+
+class VigilStream:
+    """Owns the Faust app, the model groups, the Redis state store and the metrics."""
+
+    def __init__(self, settings: VigilSettings, *, web_port: int | None = None) -> None:
+        self.settings = settings
+        self.metrics = VigilMetrics()
+        self.app = faust.App(
+            settings.app_id,
+            broker=[f"kafka://{host}" for host in settings.bootstrap.split(",")],
+            store="memory://",
+            web_port=web_port or settings.web_port,
+            web_host="0.0.0.0",
+            key_serializer="raw",
+            value_serializer="raw",
+            topic_partitions=settings.topics.partitions,
+            consumer_auto_offset_reset="earliest",
+            broker_commit_every=500,
+            broker_commit_interval=1.0,
+            producer_acks=-1,
+            broker_session_timeout=settings.stream.session_timeout_s,
+            broker_heartbeat_interval=max(1.0, settings.stream.session_timeout_s / 4),
+            stream_buffer_maxsize=max(1024, settings.batch.max_size * 4),
+            **faust_broker_options(settings),
+        )
+        self.redis = aioredis.Redis.from_url(settings.redis)
+        self.store = StateStore(
+            self.redis, settings.app_id, alert_stream_maxlen=settings.stream.alert_stream_maxlen
+        )
+        self.groups = {g.name: GroupRuntime(g, settings, self.metrics) for g in settings.groups}
+        self.states: dict[str, dict[str, KeyState]] = {name: {} for name in self.groups}
+        self.throttle = PartitionThrottle(self.app, settings.batch.max_queue, self.metrics)
+        t = settings.topics
+        self.predictions = self.app.topic(t.predictions)
+        self.alerts = self.app.topic(t.alerts)
+        self.dead_letters = self.app.topic(t.dead_letters)
+        self.drift = self.app.topic(t.drift)
+        self.model_versions = self.app.topic(t.model_versions)
+        for name in settings.input_topics():
+            self._add_agent(name)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.service(_GroupServices(self))
+        self.app.task(self._watch_loop_lag)
+        self.app.timer(5.0)(self._measure_consumer_lag)
+        from stream.web import add_pages
+
+        add_pages(self)
+
+    # ---- agents -------------------------------------------------------------------------
+    def _add_agent(self, topic_name: str) -> None:
+        topic = self.app.topic(topic_name)
+        batch = self.settings.batch
+
+        async def ingest(stream: faust.StreamT) -> None:
+            async for events in stream.take_events(batch.max_size, within=batch.max_wait_ms / 1000):
+                try:
+                    await self.handle(events)
+                except Exception as exc:  # never crash the agent: Faust would ack the batch
+                    log.exception(
+                        "batch of %d events failed; sending it to dead letters", len(events)
+                    )
+                    await self._dead_letter_batch(events, exc)
+
+        ingest.__name__ = f"ingest_{topic_name.replace('.', '_').replace('-', '_')}"
+        self.app.agent(topic, name=f"vigil.ingest.{topic_name}")(ingest)
+
+    async def handle(self, events: Sequence[EventT]) -> None:
+        """One batch of raw events from one input topic, start to finish."""
+        sends: list[Awaitable[Any]] = []
+        routed: dict[str, list[InputEvent]] = {}
+        for event in events:
+            message = event.message
+            decoded = decode_event(
+                message.key, message.value, topic=message.topic, partition=message.partition,
+                offset=message.offset, kafka_ts=message.timestamp,
+            )  # fmt: skip
+            if isinstance(decoded, Rejection):
+                sends.append(
+                    await self._dead_letter(
+                        decoded,
+                        message.topic,
+                        message.partition,
+                        message.offset,
+                        message.key,
+                        message.value,
+                    )
+                )
+                continue
+            group = self.settings.group_for(decoded.key, decoded.topic)
+            if group is None:
+                rejection = Rejection(
+                    "no_group", f"no model group serves key {decoded.key!r} on {decoded.topic}"
+                )
+                sends.append(
+                    await self._dead_letter(
+                        rejection,
+                        message.topic,
+                        message.partition,
+                        message.offset,
+                        message.key,
+                        message.value,
+                    )
+                )
+                continue
+            routed.setdefault(group.name, []).append(decoded)
+        self.throttle.observe(events)
+
+        outputs: list[tuple[GroupRuntime, BatchOutput, dict[str, KeyState]]] = []
+        for name, group_events in routed.items():
+            runtime, states = self.groups[name], self.states[name]
+            unknown = sorted({e.key for e in group_events} - states.keys())
+            for key, stored in (await self.store.load_states(name, unknown)).items():
+                states[key] = KeyState.from_dict(stored)
+            output = await runtime.processor.process(group_events, states)
+            outputs.append((runtime, output, states))
+
+        raw_by_offset = {
+            (e.message.topic, e.message.partition, e.message.offset): e.message for e in events
+        }
+        for runtime, output, _ in outputs:
+            sends.extend(await self._send_outputs(runtime, output, raw_by_offset))
+        if sends:
+            await asyncio.gather(*sends)  # delivered before the state that assumes them is saved
+        sent = time.time()
+        for runtime, output, states in outputs:
+            touched = {(runtime.group.name, key): states[key].to_dict() for key in output.touched}
+            await self.store.save(touched, output.predictions)
+            self.metrics.state_writes.inc(len(touched))
+            for alert in output.alerts:
+                await self.store.record_alert(alert)
+            runtime.learn(output)
+            self._count(runtime.group.name, output, raw_by_offset, sent)
+        await self.throttle.after_batch(events, self.queue_depth())
+
+    async def _send_outputs(
+        self, runtime: GroupRuntime, output: BatchOutput, raw: dict[tuple[str, int, int], Any]
+    ) -> list[Awaitable[Any]]:
+        sends = []
+        for prediction in output.predictions:
+            sends.append(
+                await self.predictions.send(
+                    key=prediction.key.encode(), value=prediction.model_dump_json().encode()
+                )
+            )
+        for alert in output.alerts:
+            sends.append(
+                await self.alerts.send(
+                    key=alert.key.encode(), value=alert.model_dump_json().encode()
+                )
+            )
+        for drift in output.drift:
+            sends.append(
+                await self.drift.send(
+                    key=drift.key.encode(), value=drift.model_dump_json().encode()
+                )
+            )
+        for event, rejection in output.rejected:
+            message = raw[(event.topic, event.partition, event.offset)]
+            sends.append(
+                await self._dead_letter(
+                    rejection,
+                    event.topic,
+                    event.partition,
+                    event.offset,
+                    message.key,
+                    message.value,
+                )
+            )
+        return sends
+
+    async def _dead_letter(
+        self,
+        rejection: Rejection,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+    ) -> Awaitable[Any]:
+        self.metrics.dead_letters.labels(rejection.code).inc()
+        letter = DeadLetter.of(
+            f"{rejection.code}: {rejection.reason}", value, topic=topic, partition=partition,
+            offset=offset, key=key, source="stream", at=time.time(),
+        )  # fmt: skip
+        return await self.dead_letters.send(key=key, value=letter.model_dump_json().encode())
+
+    async def _dead_letter_batch(self, events: Sequence[EventT], exc: Exception) -> None:
+        """Last resort for a batch that failed: every record to dead letters, nothing dropped."""
+        rejection = Rejection("internal_error", f"{type(exc).__name__}: {exc}")
+        sends = []
+        for event in events:
+            m = event.message
+            sends.append(
+                await self._dead_letter(rejection, m.topic, m.partition, m.offset, m.key, m.value)
+            )
+        await asyncio.gather(*sends)
+
+    def _count(
+        self, group: str, output: BatchOutput, raw: dict[tuple[str, int, int], Any], sent: float
+    ) -> None:
+        m = self.metrics
+        for outcome, count in output.outcomes.items():
+            m.events.labels(group, outcome).inc(count)
+        for prediction in output.predictions:
+            p = prediction.provenance
+            produced = raw[(p.topic, p.partition, p.offset)].timestamp
+            if produced:
+                m.latency.observe(max(0.0, sent - produced))
+        for alert in output.alerts:
+            m.alerts.labels(group, alert.severity).inc()
+        if output.drift:
+            m.drift_events.labels(group).inc(len(output.drift))
+
+    async def announce(self, announcement: ModelAnnouncement) -> None:
+        await self.model_versions.send(
+            key=announcement.group.encode(), value=announcement.model_dump_json().encode()
+        )
+
+    def queue_depth(self) -> int:
+        return sum(g.queue_depth for g in self.groups.values())
+
+    # ---- housekeeping -------------------------------------------------------------------
+    async def _on_revoked(self, app: faust.App, revoked: set[TP], **_: Any) -> None:
+        """Forget the state of keys whose partitions left: their new owner reads it from Redis."""
+        partitions = {(tp.topic, tp.partition) for tp in revoked}
+        for states in self.states.values():
+            for key in [k for k, s in states.items() if _owned_by(s, partitions)]:
+                del states[key]
+
+    async def _watch_loop_lag(self) -> None:
+        """How late a 100 ms sleep wakes up: the proof that nothing blocks the event loop."""
+        loop = asyncio.get_running_loop()
+        worst: list[tuple[float, float]] = []
+        while True:
+            start = loop.time()
+            await asyncio.sleep(0.1)
+            lag = max(0.0, loop.time() - start - 0.1)
+            now = time.monotonic()
+            worst = [(t, v) for t, v in worst if now - t < 60] + [(now, lag)]
+            self.metrics.loop_lag.set(lag)
+            self.metrics.loop_lag_max.set(max(v for _, v in worst))
+
+    async def _measure_consumer_lag(self) -> None:
+        consumer = self.app.consumer
+        for tp in consumer.assignment():
+            try:
+                position = await consumer.position(tp)
+                highwater = consumer.highwater(tp)
+            except Exception:  # not fetched yet
+                continue
+            if position is not None and highwater is not None:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                    max(0, highwater - position)
+                )
+        self.metrics.queue_depth.set(self.queue_depth())
+
+
+def _owned_by(state: KeyState, partitions: set[tuple[str, int]]) -> bool:
+    return any(state.partition == p for _, p in partitions)
+
+
+class _GroupServices(faust.Service):
+    """Starts and stops the model groups with the worker (model load, batch thread, trainer)."""
+
+    def __init__(self, stream: VigilStream, **kwargs: Any) -> None:
+        self.stream = stream
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        for runtime in self.stream.groups.values():
+            await runtime.start(self.stream)
+
+    async def on_stop(self) -> None:
+        for runtime in self.stream.groups.values():
+            await runtime.stop()
+        await self.stream.redis.aclose()

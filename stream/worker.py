@@ -1,0 +1,23 @@
+"""Runs one Faust worker for Vigil's topology (what `vigil worker` and the Kubernetes pods run)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from faust import Worker
+
+from stream.topology import VigilStream
+from vigil.settings import VigilSettings
+from vigil.topics import ensure_topics
+
+
+def run_worker(
+    settings: VigilSettings, *, loglevel: str = "info", web_port: int | None = None
+) -> None:
+    """Block until the worker stops (SIGTERM/SIGINT hand partitions over cleanly)."""
+    asyncio.run(ensure_topics(settings))
+    stream = VigilStream(settings, web_port=web_port)
+    logging.getLogger("vigil").setLevel(loglevel.upper())
+    worker = Worker(stream.app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,157 @@
+"""ResidualScorer: bounded, NaN-safe, flags spikes and sustained shifts, round-trips exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.scoring import NEUTRAL_RAW, ResidualScorer, reduce_residual
+from vigil.settings import DetectorConfig
+
+
+def gaussian(seed: int, count: int, mean: float = 0.0, std: float = 1.0) -> list[float]:
+    rng = random.Random(seed)
+    return [rng.gauss(mean, std) for _ in range(count)]
+
+
+def roundtrip(scorer: ResidualScorer) -> ResidualScorer:
+    return ResidualScorer.from_dict(json.loads(json.dumps(scorer.to_dict(), allow_nan=False)))
+
+
+any_float = st.floats(allow_nan=True, allow_infinity=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(any_float, max_size=120), st.integers(min_value=1, max_value=5))
+def test_scores_stay_in_unit_interval_and_state_stays_json(values: list[float], short: int) -> None:
+    scorer = ResidualScorer(short_window=short, long_window=short + 7)
+    for value in values:
+        result = scorer.score_one(value)
+        for part in (result.raw, result.likelihood, result.score):
+            assert math.isfinite(part)
+            assert 0.0 <= part <= 1.0
+    json.dumps(scorer.to_dict(), allow_nan=False)  # strict JSON, ready for Redis
+
+
+def test_extreme_residuals_after_calm_history_score_one() -> None:
+    scorer = ResidualScorer()
+    for value in gaussian(1, 200):
+        scorer.score_one(value)
+    for extreme in (math.inf, -math.inf, 1e308, -1e308):
+        result = scorer.score_one(extreme)
+        assert result.raw == 1.0 and result.score == 1.0
+    assert math.isfinite(scorer.sigma) and scorer.sigma < 10.0
+
+
+def test_spike_after_calm_series_scores_high_and_noise_stays_low() -> None:
+    scorer = ResidualScorer()
+    calm = [scorer.score_one(value).score for value in gaussian(2, 1500)]
+    settled = calm[100:]
+    assert sum(score > 0.99 for score in settled) / len(settled) < 0.02
+    assert sum(score < 0.9 for score in settled) / len(settled) > 0.85
+    assert scorer.score_one(6.0).score > 0.99
+    assert scorer.score_one(-8.0).score > 0.99
+
+
+def test_spike_does_not_inflate_the_spread() -> None:
+    scorer = ResidualScorer()
+    for value in gaussian(3, 500):
+        scorer.score_one(value)
+    before = scorer.sigma
+    scorer.score_one(1e6)
+    assert scorer.sigma < 1.2 * before
+    assert 0.8 < before < 1.2  # a unit-normal residual has sigma 1
+
+
+def test_early_spike_does_not_blind_the_scorer() -> None:
+    scorer = ResidualScorer()
+    scorer.score_one(0.3)
+    scorer.score_one(1e9)
+    for value in gaussian(4, 40):
+        scorer.score_one(value)
+    assert scorer.sigma < 3.0
+    assert scorer.score_one(8.0).score > 0.99
+
+
+def test_likelihood_rises_on_sustained_shift() -> None:
+    scorer = ResidualScorer()
+    calm = [scorer.score_one(value) for value in gaussian(5, 1000)]
+    shifted = [scorer.score_one(value) for value in gaussian(6, 30, mean=1.5)]
+    calm_likelihood = [r.likelihood for r in calm[200:]]
+    assert max(r.likelihood for r in shifted) > 0.99
+    assert sum(r.likelihood for r in shifted[5:]) / 25 > 0.9
+    assert sum(calm_likelihood) / len(calm_likelihood) < 0.6
+
+
+def test_nan_returns_neutral_score_and_leaves_state_untouched() -> None:
+    scorer = ResidualScorer()
+    for value in gaussian(7, 300):
+        scorer.score_one(value)
+    state = scorer.to_dict()
+    result = scorer.score_one(math.nan)
+    assert result.observed is False
+    assert result.raw == NEUTRAL_RAW
+    assert 0.0 <= result.score <= 1.0 and 0.0 <= result.likelihood <= 1.0
+    assert scorer.to_dict() == state
+    assert scorer.peek() == result
+
+
+def test_nan_does_not_change_what_follows() -> None:
+    with_gaps, without = ResidualScorer(), ResidualScorer()
+    for i, value in enumerate(gaussian(8, 400)):
+        if i % 7 == 0:
+            with_gaps.score_one(math.nan)
+        assert with_gaps.score_one(value) == without.score_one(value)
+
+
+def test_first_residual_is_neutral() -> None:
+    result = ResidualScorer().score_one(123.0)
+    assert result.raw == NEUTRAL_RAW and result.observed
+
+
+@pytest.mark.parametrize("split", [0, 5, 17, 60, 700])
+def test_roundtrip_gives_identical_outputs(split: int) -> None:
+    values = [*gaussian(9, 1000), 7.0, *gaussian(10, 100, mean=2.0)]
+    original = ResidualScorer(short_window=5, long_window=300)
+    for value in values[:split]:
+        original.score_one(value)
+    restored = roundtrip(original)
+    for value in values[split:]:
+        assert restored.score_one(value) == original.score_one(value)
+
+
+def test_deterministic() -> None:
+    values = gaussian(11, 500)
+    first = [ResidualScorer().score_one(v) for v in values]
+    second = [ResidualScorer().score_one(v) for v in values]
+    assert first == second
+
+
+def test_from_config_uses_detector_windows() -> None:
+    scorer = ResidualScorer.from_config(
+        DetectorConfig.model_validate(dict(short_window=7, long_window=70))
+    )
+    assert (scorer.short_window, scorer.long_window) == (7, 70)
+
+
+def test_rejects_bad_windows() -> None:
+    with pytest.raises(ValueError, match="long_window"):
+        ResidualScorer(short_window=10, long_window=10)
+
+
+def test_reduce_residual() -> None:
+    assert reduce_residual([3.0, -4.0], "l2") == pytest.approx(5.0)
+    assert reduce_residual([3.0, -4.0], "rms") == pytest.approx(math.sqrt(12.5))
+    assert reduce_residual([3.0, -4.0], "max_abs") == 4.0
+    assert reduce_residual([math.nan, -2.0], "rms") == pytest.approx(2.0)
+    assert math.isnan(reduce_residual([math.nan, math.nan]))
+    assert reduce_residual([1e300, 1e300], "l2") == pytest.approx(math.sqrt(2) * 1e300)
+    assert reduce_residual([math.inf, 1.0]) == math.inf
+    assert reduce_residual([0.0, 0.0]) == 0.0
+    with pytest.raises(ValueError):
+        reduce_residual([1.0], "mean")  # type: ignore[arg-type]
