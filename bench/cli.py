@@ -14,6 +14,9 @@ def inference(
     ] = False,
     batch: Annotated[int, typer.Option(help="windows per forward pass in batched mode")] = 256,
     seconds: Annotated[float, typer.Option(help="length of one timing repeat")] = 0.4,
+    threads: Annotated[
+        int, typer.Option(help="torch intra-op threads for the headline (0 = torch's default)")
+    ] = 1,
 ) -> None:
     """Forecaster throughput: batched vs per-window, FLOP rate vs GEMM, stateful vs window."""
     import json
@@ -21,7 +24,10 @@ def inference(
     from bench.inference import print_report, run_inference_bench
 
     result = run_inference_bench(
-        batch=batch, seconds=seconds, progress=lambda m: typer.echo(f"… {m}", err=True)
+        batch=batch,
+        seconds=seconds,
+        threads=threads or None,
+        progress=lambda m: typer.echo(f"… {m}", err=True),
     )
     print_report(result)
     if json_output:

@@ -17,7 +17,9 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-app = typer.Typer(help="Evaluations: NAB scoring, forecasting against baselines.", no_args_is_help=True)
+app = typer.Typer(
+    help="Evaluations: NAB scoring, forecasting against baselines.", no_args_is_help=True
+)
 
 _JSON_HELP = "human-readable lines go to stderr; stdout is the JSON line only"
 
@@ -81,7 +83,9 @@ def _published_lines() -> list[str]:
 
 @app.command("nab-score")
 def nab_score(
-    results: Annotated[Path, typer.Option(help="results root: DIR/NAME/<category>/NAME_<file>.csv")],
+    results: Annotated[
+        Path, typer.Option(help="results root: DIR/NAME/<category>/NAME_<file>.csv")
+    ],
     labels: Annotated[Path, typer.Option(help="NAB combined_windows.json")],
     detector: Annotated[str, typer.Option(help="detector NAME (folder under --results)")],
     thresholds: Annotated[
@@ -124,7 +128,11 @@ def _pick_plots(files: Sequence[Any], windows: Mapping[str, Any], count: int) ->
     """A few series worth looking at: nyc_taxi first if present, then ones with windows."""
     ranked = sorted(
         files,
-        key=lambda f: ("nyc_taxi" not in f.relative_path, not windows.get(f.relative_path), f.relative_path),
+        key=lambda f: (
+            "nyc_taxi" not in f.relative_path,
+            not windows.get(f.relative_path),
+            f.relative_path,
+        ),
     )
     return ranked[:count]
 
@@ -140,7 +148,9 @@ def nab(
     ] = None,
     profiles: Annotated[Path | None, typer.Option(help="NAB profiles.json; default NAB's")] = None,
     workers: Annotated[int, typer.Option(min=1, help="processes (one series each)")] = 2,
-    report: Annotated[Path | None, typer.Option(help="write a Markdown report with plots here")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="write a Markdown report with plots here")
+    ] = None,
     plots: Annotated[int, typer.Option(min=0, help="series plotted in the report")] = 4,
     progress: Annotated[bool, typer.Option(help="progress bar on stderr")] = True,
     json_only: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
@@ -162,7 +172,9 @@ def nab(
         f"({rate:.0f} rows/s, {workers} worker(s)); results in {out / detector}",
     ]
     if run.skipped:
-        lines.append(f"skipped {len(run.skipped)} file(s) without labels: {', '.join(run.skipped[:5])}")
+        lines.append(
+            f"skipped {len(run.skipped)} file(s) without labels: {', '.join(run.skipped[:5])}"
+        )
     lines += _profile_lines(outcome, "NAB scores:") + _published_lines()
     payload: dict[str, Any] = {
         "command": "nab",
@@ -202,14 +214,20 @@ def nab(
     _emit(lines, payload, json_only)
 
 
-def _windows_for(path: Path, windows: Mapping[str, Any] | None) -> tuple[str, Any] | None:
-    if windows is None:
-        return None
+def _windows_for(path: Path, windows: Mapping[str, Any] | None, x: Any) -> list[Any]:
+    """The label windows of the file at ``path`` (matched by ``<category>/<file>.csv``), clipped
+    to the stretch of time the file covers (it may be a slice of the NAB file)."""
+    if windows is None or x is None or len(x) == 0:
+        return []
     posix = path.resolve().as_posix()
     for relative, limits in windows.items():
         if posix.endswith("/" + relative):
-            return relative, limits
-    return None
+            return [
+                (max(start, x[0]), min(end, x[-1]))
+                for start, end in limits
+                if end >= x[0] and start <= x[-1]
+            ]
+    return []
 
 
 @app.command("forecast")
@@ -218,7 +236,8 @@ def forecast(
     column: Annotated[str, typer.Option(help="the column to forecast")] = "value",
     horizon: Annotated[int, typer.Option(min=1, help="steps ahead (K)")] = 5,
     season: Annotated[
-        int | None, typer.Option(help="values per cycle for seasonal naive; 0 = none; default: detect")
+        int | None,
+        typer.Option(help="values per cycle for seasonal naive; 0 = none; default: detect"),
     ] = None,
     models: Annotated[
         str, typer.Option(help="comma-separated registered forecasters; default: all")
@@ -226,7 +245,9 @@ def forecast(
     labels: Annotated[
         Path | None, typer.Option(help="NAB combined_windows.json, to shade windows in plots")
     ] = None,
-    report: Annotated[Path | None, typer.Option(help="write a Markdown report with plots here")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="write a Markdown report with plots here")
+    ] = None,
     json_only: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
 ) -> None:
     """Online (predict, then learn) forecasting of each file by every model and baseline."""
@@ -252,7 +273,11 @@ def forecast(
                 raise ValueError(f"{path}: {values.size} values, too few for horizon {horizon}")
             period = (season or None) if season is not None else detect_season(values)
             evaluation = evaluate_series(
-                str(path), values, build_forecasters(ForecastSetup(horizon, period), names), horizon, period
+                str(path),
+                values,
+                build_forecasters(ForecastSetup(horizon, period), names),
+                horizon,
+                period,
             )
             evaluations.append(evaluation)
             plot_inputs.append((path, stamps))
@@ -265,9 +290,9 @@ def forecast(
                     for k, m in steps.items()
                 ]
                 lines.append(f"  {model:20} " + " | ".join(parts))
-    if horizon == 5:
+    if any("nyc_taxi" in e.name for e in evaluations):
         refs = ", ".join(f"{k} {v}" for k, v in NYC_TAXI_5_STEP_NRMSE.items())
-        lines.append(f"reference, NAB nyc_taxi 5 steps ahead, NRMSE: {refs}")
+        lines.append(f"reference (Numenta), NAB nyc_taxi 5 steps ahead, NRMSE: {refs}")
     payload: dict[str, Any] = {
         "command": "forecast",
         "horizon": horizon,
@@ -283,8 +308,8 @@ def forecast(
             plot_items = []
             for evaluation, (path, stamps) in zip(evaluations, plot_inputs, strict=True):
                 x = _timestamps_or_none(parse_timestamps, stamps)
-                match = _windows_for(path, windows)
-                layout = layout_file(x, match[1]) if match is not None and x is not None else None
+                limits = _windows_for(path, windows, x)
+                layout = layout_file(x, limits) if limits and x is not None else None
                 plot_items.append(ForecastPlot(evaluation, x, layout))
             path = write_forecast_report(report, plot_items)
         lines.append(f"report: {path}")

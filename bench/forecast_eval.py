@@ -206,7 +206,9 @@ def evaluate_series(
     wanted = sorted(set(steps if steps is not None else (1, horizon)))
     if any(not 1 <= k <= horizon for k in wanted):
         raise ValueError(f"steps must lie in 1..{horizon}")
-    traces = {model_name: run_online(model, series, horizon) for model_name, model in models.items()}
+    traces = {
+        model_name: run_online(model, series, horizon) for model_name, model in models.items()
+    }
     metrics: dict[str, dict[int, ForecastMetrics]] = {model_name: {} for model_name in models}
     for k in wanted:
         origins, targets = _target_rows(series.size, k)
@@ -225,33 +227,48 @@ def evaluate_series(
     return SeriesEvaluation(name, series, horizon, season, traces, metrics)
 
 
-def detect_season(values: npt.ArrayLike, prefix_fraction: float = 0.2, min_acf: float = 0.3) -> int | None:
-    """The dominant cycle length, from the autocorrelation of first differences.
+def _autocorrelation(x: FloatArray, max_lag: int) -> FloatArray:
+    centred = x - x.mean()
+    variance = float(np.dot(centred, centred))
+    if variance == 0:
+        return np.zeros(max_lag + 2)
+    size = 1 << int(2 * centred.size - 1).bit_length()
+    spectrum = np.fft.rfft(centred, size)
+    return np.fft.irfft(spectrum * np.conj(spectrum), size)[: max_lag + 2] / variance
+
+
+def detect_season(
+    values: npt.ArrayLike, prefix_fraction: float = 0.2, min_acf: float = 0.3
+) -> int | None:
+    """The dominant cycle length, or None.
 
     Only the first ``prefix_fraction`` of the series is looked at (what an operator would have
-    seen when setting the model up), and a lag needs three full cycles in it.  Returns the lag
-    with the highest autocorrelation among local peaks, or None if none reaches ``min_acf``.
+    seen when setting the model up), and a lag needs two full cycles in it.  A candidate is a
+    peak of the autocorrelation of the linearly detrended values, after it first turns negative,
+    of at least ``min_acf``; the changes (first differences) must correlate at that lag too,
+    which a random walk's do not.  The shortest candidate within 90% of the highest one is
+    returned (multiples of the true cycle peak about as high).
     """
     series = np.asarray(values, dtype=np.float64)
     series = series[np.isfinite(series)]
-    prefix = series[: max(int(series.size * prefix_fraction), 0)]
-    changes = np.diff(prefix)
-    max_lag = changes.size // 3
+    prefix = series[: int(series.size * prefix_fraction)]
+    max_lag = (prefix.size - 1) // 2
     if max_lag < 3:
         return None
-    centred = changes - changes.mean()
-    variance = float(np.dot(centred, centred))
-    if variance == 0:
+    steps = np.arange(prefix.size, dtype=np.float64)
+    detrended = prefix - np.polyval(np.polyfit(steps, prefix, 1), steps)
+    levels = _autocorrelation(detrended, max_lag)
+    changes = _autocorrelation(np.diff(prefix), max_lag)
+    negative = np.flatnonzero(levels[1 : max_lag + 1] < 0)
+    if negative.size == 0:
         return None
-    size = 1 << int(2 * centred.size - 1).bit_length()
-    spectrum = np.fft.rfft(centred, size)
-    acf = np.fft.irfft(spectrum * np.conj(spectrum), size)[: max_lag + 2] / variance
-    lags = np.arange(2, max_lag + 1)
-    peaks = lags[(acf[lags] > acf[lags - 1]) & (acf[lags] >= acf[lags + 1])]
+    lags = np.arange(int(negative[0]) + 2, max_lag + 1)
+    peaks = lags[(levels[lags] > levels[lags - 1]) & (levels[lags] >= levels[lags + 1])]
+    peaks = peaks[(levels[peaks] >= min_acf) & (changes[peaks] >= 0.1)]
     if peaks.size == 0:
         return None
-    best = int(peaks[np.argmax(acf[peaks])])
-    return best if acf[best] >= min_acf else None
+    highest = float(levels[peaks].max())
+    return int(peaks[levels[peaks] >= 0.9 * highest][0])
 
 
 def build_forecasters(

@@ -10,12 +10,14 @@ What it shows, against the targets of the batching issue:
 * stateful mode's cost per event at window 32 and 256 — it must not depend on the window
   (target within 1.3x), while window mode's cost grows with it (shown for contrast).
 
-Every rate is the best of a few repeats (the machine may be shared; the best run is the one
-least disturbed). Nothing is asserted: the figures are printed, and whether each target is met.
+Every rate comes from the fastest of many calls, with the cases timed round-robin (the machine
+may be shared). Nothing is asserted: the figures are printed, and whether each target is met.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 import time
 from collections.abc import Callable
@@ -26,9 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.batching import BatchScheduler
 from models.forecaster import build_forecaster
 from models.inference import InferenceEngine
-from vigil.settings import ModelConfig
+from vigil.settings import BatchConfig, ModelConfig
 
 BATCHED_TARGET = 20.0  # batched windows/s ÷ per-window-loop windows/s
 GEMM_FRACTION_TARGET = 0.5  # model FLOP rate ÷ GEMM FLOP rate
@@ -62,6 +65,8 @@ class InferenceBenchResult:
     batched_gflops: float
     flops_per_window: int
     sweep: list[SweepPoint] = field(default_factory=list)
+    scheduler_windows_per_s: float = 0.0
+    scheduler_mean_batch: float = 0.0
     stateful_events_per_s: dict[int, float] = field(default_factory=dict)
     stateful_step_only_events_per_s: dict[int, float] = field(default_factory=dict)
     window_mode_us_per_window: dict[int, float] = field(default_factory=dict)
@@ -84,6 +89,11 @@ class InferenceBenchResult:
         windows = sorted(self.stateful_events_per_s)
         rates = self.stateful_events_per_s
         return rates[windows[0]] / rates[windows[-1]]
+
+    @property
+    def stateful_vs_loop(self) -> float:
+        """Stateful events/s (per-key bytes in and out) ÷ per-window-loop windows/s."""
+        return min(self.stateful_events_per_s.values()) / self.loop_windows_per_s
 
     @property
     def window_cost_ratio(self) -> float:
@@ -123,34 +133,48 @@ class InferenceBenchResult:
         data["gemm_fraction"] = self.gemm_fraction
         data["stateful_cost_ratio"] = self.stateful_cost_ratio
         data["window_cost_ratio"] = self.window_cost_ratio
+        data["stateful_vs_loop"] = self.stateful_vs_loop
         data["targets"] = self.targets()
         return data
 
 
-def best_rate(run: Callable[[], object], items: float, seconds: float, repeats: int = 3) -> float:
-    """Items per second of ``run``: best of ``repeats`` timings of at least ``seconds`` each."""
-    run()  # warm-up: allocator, oneDNN primitive cache
-    best = 0.0
+Case = tuple[Callable[[], object], float]
+"""A thing to time and how many items (windows, events, FLOPs) one call processes."""
+
+
+def best_rates(cases: dict[str, Case], seconds: float, repeats: int = 3) -> dict[str, float]:
+    """Items per second of every case from its FASTEST call, the cases timed INTERLEAVED.
+
+    The machine may be shared: the fastest call (timeit's rule) is the one least disturbed,
+    and round-robin timing makes a burst of outside load hit every case of a round alike, so
+    the ratios between cases stay meaningful.
+    """
+    for run, _items in cases.values():
+        run()  # warm-up: allocator, oneDNN primitive cache
+    fastest = dict.fromkeys(cases, math.inf)
     for _ in range(repeats):
-        calls = 0
-        start = time.perf_counter()
-        while True:
-            run()
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
-                break
-        best = max(best, calls * items / elapsed)
-    return best
+        for name, (run, _items) in cases.items():
+            spent = 0.0
+            while spent < seconds:
+                start = time.perf_counter()
+                run()
+                elapsed = time.perf_counter() - start
+                spent += elapsed
+                fastest[name] = min(fastest[name], elapsed)
+    return {name: items / fastest[name] for name, (_run, items) in cases.items()}
 
 
-def gemm_gflops(seconds: float, sizes: tuple[int, ...] = (1024, 2048)) -> float:
-    """This machine's float32 matmul rate (best over a few large square sizes)."""
-    rates = []
+def gemm_cases(sizes: tuple[int, ...] = (1024, 2048)) -> dict[str, Case]:
+    """float32 matmul of large square matrices: this machine's attainable FLOP rate."""
+    cases: dict[str, Case] = {}
     for n in sizes:
         a, b = torch.randn(n, n), torch.randn(n, n)
-        rates.append(best_rate(partial(torch.matmul, a, b), 2.0 * n**3, seconds) / 1e9)
-    return max(rates)
+        cases[f"gemm{n}"] = (partial(torch.matmul, a, b), 2.0 * n**3)
+    return cases
+
+
+def _gemm_gflops(rates: dict[str, float]) -> float:
+    return max(rate for name, rate in rates.items() if name.startswith("gemm")) / 1e9
 
 
 def _windows(batch: int, window: int, channels: int) -> np.ndarray:
@@ -159,91 +183,152 @@ def _windows(batch: int, window: int, channels: int) -> np.ndarray:
 
 
 def run_inference_bench(
-    *, batch: int = 256, seconds: float = 0.4, progress: Callable[[str], None] | None = None
+    *,
+    batch: int = 256,
+    seconds: float = 0.4,
+    threads: int | None = 1,
+    progress: Callable[[str], None] | None = None,
 ) -> InferenceBenchResult:
-    """Measure every figure; ``seconds`` is the length of one timing repeat."""
+    """Measure every figure; ``seconds`` is one timing repeat.
+
+    ``threads`` is torch's intra-op thread count for the headline figures (None = torch's
+    default). It defaults to 1 because that is how the worker runs inference: one dedicated
+    thread beside the event loop. The sweep also tries torch's default.
+    """
     say = progress or (lambda _message: None)
-    threads = torch.get_num_threads()
-    config = ModelConfig.model_validate(
-        {}
-    )  # lstm, hidden 64, 2 layers, window 64, input 1, horizon 1
+    initial_threads = torch.get_num_threads()
+    threads = threads or initial_threads
+    torch.set_num_threads(threads)
+    try:
+        return _measure(batch, seconds, threads, sorted({1, threads, initial_threads}), say)
+    finally:
+        torch.set_num_threads(initial_threads)
+
+
+def _measure(
+    batch: int, seconds: float, threads: int, sweep: list[int], say: Callable[[str], None]
+) -> InferenceBenchResult:
+    # the default model: lstm, hidden 64, 2 layers, window 64, input 1, horizon 1
+    config = ModelConfig.model_validate({})
     engine = InferenceEngine(build_forecaster(config, seed=0), torch.device("cpu"))
-    flops = engine.model.flops_per_window()
-
-    say("GEMM rate")
-    gemm = gemm_gflops(seconds)
-
-    say(f"batched window mode, batch {batch}")
-    windows = _windows(batch, config.window, config.input_size)
-    batched = best_rate(lambda: engine.predict(windows), batch, seconds)
-
-    say("one window per call")
-    some = windows[:64]
-    engine_loop = best_rate(lambda: [engine.predict(w[None]) for w in some], len(some), seconds)
     model = engine.model
+    flops = model.flops_per_window()
+    windows = _windows(batch, config.window, config.input_size)
+    some = windows[:64]
+
+    def engine_loop() -> None:  # the same engine, one window per call
+        for w in some:
+            engine.predict(w[None])
 
     def torch_loop() -> None:  # the tutorial way: no_grad, one tensor per window
         with torch.no_grad():
             for w in some:
                 model(torch.tensor(w).unsqueeze(0)).numpy()
 
-    plain_loop = best_rate(torch_loop, len(some), seconds)
-
+    say(f"GEMM, batched (batch {batch}) and one-window-per-call loops, interleaved")
+    rates = best_rates(
+        gemm_cases()
+        | {
+            "batched": (partial(engine.predict, windows), batch),
+            "engine_loop": (engine_loop, len(some)),
+            "torch_loop": (torch_loop, len(some)),
+        },
+        seconds,
+    )
     result = InferenceBenchResult(
         model=config.model_dump(),
         threads=threads,
         load_average=os.getloadavg()[0],
         batch=batch,
-        gemm_gflops=gemm,
-        batched_windows_per_s=batched,
-        loop_windows_per_s=max(engine_loop, plain_loop),
-        engine_loop_windows_per_s=engine_loop,
-        torch_loop_windows_per_s=plain_loop,
-        batched_gflops=batched * flops / 1e9,
+        gemm_gflops=_gemm_gflops(rates),
+        batched_windows_per_s=rates["batched"],
+        loop_windows_per_s=max(rates["engine_loop"], rates["torch_loop"]),
+        engine_loop_windows_per_s=rates["engine_loop"],
+        torch_loop_windows_per_s=rates["torch_loop"],
+        batched_gflops=rates["batched"] * flops / 1e9,
         flops_per_window=flops,
     )
 
-    say("sweep: threads x batch size")
-    try:
-        for n_threads in sorted({1, threads}):
-            torch.set_num_threads(n_threads)
-            gemm_here = gemm if n_threads == threads else gemm_gflops(seconds)
-            for size in (64, 128, 256, 512):
-                sample = _windows(size, config.window, config.input_size)
-                rate = best_rate(partial(engine.predict, sample), size, seconds, repeats=2)
-                result.sweep.append(
-                    SweepPoint(n_threads, size, rate, rate * flops / 1e9, gemm_here)
-                )
-    finally:
-        torch.set_num_threads(threads)
+    say(f"through the BatchScheduler, {batch} keys submitting concurrently")
+    result.scheduler_windows_per_s, result.scheduler_mean_batch = asyncio.run(
+        scheduler_rate(engine, windows, seconds * 3)
+    )
 
+    say("stateful mode and window mode at windows 32 and 256, interleaved")
+    cases: dict[str, Case] = {}
     for window in (32, 256):
-        say(f"stateful and window mode at window {window}")
-        measure_window(result, config.model_copy(update={"window": window}), seconds)
+        cases |= window_cases(config.model_copy(update={"window": window}), batch)
+    rates = best_rates(cases, seconds)
+    for window in (32, 256):
+        result.stateful_events_per_s[window] = rates[f"stateful{window}"]
+        result.stateful_step_only_events_per_s[window] = rates[f"step{window}"]
+        result.window_mode_us_per_window[window] = 1e6 / rates[f"window{window}"]
+
+    for n_threads in sweep:
+        say(f"sweep at {n_threads} thread(s): GEMM and batch sizes, interleaved")
+        torch.set_num_threads(n_threads)
+        sweep_cases = gemm_cases()
+        for size in (64, 128, 256, 512):
+            sample = _windows(size, config.window, config.input_size)
+            sweep_cases[f"batch{size}"] = (partial(engine.predict, sample), size)
+        rates = best_rates(sweep_cases, seconds, repeats=2)
+        gemm = _gemm_gflops(rates)
+        for size in (64, 128, 256, 512):
+            rate = rates[f"batch{size}"]
+            result.sweep.append(SweepPoint(n_threads, size, rate, rate * flops / 1e9, gemm))
+    torch.set_num_threads(threads)
     return result
 
 
-def measure_window(result: InferenceBenchResult, config: ModelConfig, seconds: float) -> None:
-    """Stateful events/s (with and without per-key bytes) and window-mode cost at one window."""
-    batch, window = result.batch, config.window
+async def scheduler_rate(
+    engine: InferenceEngine, windows: np.ndarray, seconds: float
+) -> tuple[float, float]:
+    """Windows/s and mean batch size when ``len(windows)`` keys each await their forecasts."""
+    config = BatchConfig.model_validate({"max_size": len(windows), "max_wait_ms": 2.0})
+    scheduler = BatchScheduler(engine, config)
+    await scheduler.start()
+    deadline = time.perf_counter() + seconds
+
+    async def key(window: np.ndarray) -> int:
+        done = 0
+        while time.perf_counter() < deadline:
+            await scheduler.submit(window)
+            done += 1
+        return done
+
+    try:
+        await scheduler.submit_many(windows)  # warm-up
+        before = scheduler.stats()
+        start = time.perf_counter()
+        total = sum(await asyncio.gather(*(key(w) for w in windows)))
+        elapsed = time.perf_counter() - start
+        after = scheduler.stats()
+    finally:
+        await scheduler.stop()
+    batches = after.batches - before.batches
+    return total / elapsed, total / batches if batches else 0.0
+
+
+def window_cases(config: ModelConfig, batch: int) -> dict[str, Case]:
+    """Stateful events (with and without per-key bytes) and window-mode windows at one window."""
+    window = config.window
     engine = InferenceEngine(build_forecaster(config, seed=0), torch.device("cpu"))
     x = _windows(batch, 1, config.input_size)[:, 0]
     stored = engine.states_to_bytes(engine.initial_state(batch))
+    state = engine.initial_state(batch)
 
     def stateful_event() -> None:
         # the stream's per-event path: per-key bytes -> batch -> one step -> per-key bytes
-        state = engine.states_from_bytes(stored)
-        _, state = engine.step(x, state)
-        engine.states_to_bytes(state)
+        new_state = engine.states_from_bytes(stored)
+        _, new_state = engine.step(x, new_state)
+        engine.states_to_bytes(new_state)
 
-    state = engine.initial_state(batch)
-    result.stateful_events_per_s[window] = best_rate(stateful_event, batch, seconds)
-    result.stateful_step_only_events_per_s[window] = best_rate(
-        lambda: engine.step(x, state), batch, seconds
-    )
     windows = _windows(batch, window, config.input_size)
-    rate = best_rate(lambda: engine.predict(windows), batch, seconds, repeats=2)
-    result.window_mode_us_per_window[window] = 1e6 / rate
+    return {
+        f"stateful{window}": (stateful_event, batch),
+        f"step{window}": (partial(engine.step, x, state), batch),
+        f"window{window}": (partial(engine.predict, windows), batch),
+    }
 
 
 def print_report(result: InferenceBenchResult) -> None:
@@ -264,6 +349,11 @@ def print_report(result: InferenceBenchResult) -> None:
     rates.add_row(
         f"batched window mode (batch {result.batch})",
         f"{result.batched_windows_per_s:,.0f} windows/s",
+    )
+    rates.add_row(
+        f"batched via BatchScheduler ({result.batch} keys awaiting)",
+        f"{result.scheduler_windows_per_s:,.0f} windows/s "
+        f"(mean batch {result.scheduler_mean_batch:.0f})",
     )
     rates.add_row(
         "loop, one window per call (engine)", f"{result.engine_loop_windows_per_s:,.0f} windows/s"
@@ -320,5 +410,8 @@ def print_report(result: InferenceBenchResult) -> None:
         )
     targets.add_row(
         "window mode µs/window, 256 ÷ 32 (contrast)", f"{result.window_cost_ratio:.1f}x", "", ""
+    )
+    targets.add_row(
+        "stateful events/s ÷ per-window loop (contrast)", f"{result.stateful_vs_loop:.1f}x", "", ""
     )
     console.print(targets)

@@ -77,7 +77,9 @@ class NabPlot:
 def _plot_nab_series(plot: NabPlot, path: Path) -> None:
     plt = _pyplot()
     x = plot.timestamps
-    detected = (plot.anomaly_scores >= plot.threshold) & (np.arange(x.size) >= plot.layout.probation)
+    detected = (plot.anomaly_scores >= plot.threshold) & (
+        np.arange(x.size) >= plot.layout.probation
+    )
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 5), sharex=True, height_ratios=[3, 1])
     _shade_windows(top, x, plot.layout)
     top.plot(x, plot.values, lw=0.7, color="tab:blue", label="value")
@@ -129,7 +131,9 @@ def write_nab_report(
     lines += ["", "## Beside NAB's published scoreboard (standard profile)", ""]
     board = [[name, f"{score:.1f}", "all 58 NAB files"] for name, score in NAB_SCOREBOARD]
     if standard is not None:
-        board.append([f"**{detector}** (this run)", f"**{standard.normalised:.1f}**", f"{n_files} files"])
+        board.append(
+            [f"**{detector}** (this run)", f"**{standard.normalised:.1f}**", f"{n_files} files"]
+        )
         board.sort(key=lambda row: -float(row[1].strip("*")))
     lines += _table(["detector", "score", "over"], board)
     lines += [
@@ -165,7 +169,9 @@ def _plot_forecasts(plot: ForecastPlot, path: Path) -> None:
     x = plot.timestamps if plot.timestamps is not None else np.arange(n)
     start, stop = _view(n, plot.layout)
     steps = sorted({1, evaluation.horizon})
-    fig, axes = plt.subplots(len(steps), 1, figsize=(12, 3.6 * len(steps)), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        len(steps), 1, figsize=(12, 3.6 * len(steps)), sharex=True, squeeze=False
+    )
     for axis, k in zip(axes[:, 0], steps, strict=True):
         _shade_windows(axis, x, plot.layout)
         # the forecast of y[t] made k steps earlier sits at row t - k + 1, column k - 1
@@ -181,9 +187,10 @@ def _plot_forecasts(plot: ForecastPlot, path: Path) -> None:
                 actual = evaluation.values[targets]
                 outside = (actual < low) | (actual > high)
                 axis.scatter(x[targets][outside], actual[outside], color="red", s=12, zorder=3)
-        axis.set_title(f"{evaluation.name}: {k}-step-ahead forecasts" + (
-            " (orange: labelled anomaly windows)" if plot.layout is not None else ""
-        ))
+        axis.set_title(
+            f"{evaluation.name}: {k}-step-ahead forecasts"
+            + (" (orange: labelled anomaly windows)" if plot.layout is not None else "")
+        )
         axis.legend(loc="upper left", fontsize=8)
         axis.set_xlim(x[start], x[stop - 1])
     fig.tight_layout()
@@ -221,12 +228,33 @@ def write_forecast_report(out_dir: Path, plots: Sequence[ForecastPlot], max_plot
         rows = []
         for model, steps in evaluation.metrics.items():
             for k, m in steps.items():
-                rows.append([
-                    model, k, m.n, _fmt(m.rmse), _fmt(m.mae), _fmt(m.mape), _fmt(m.nrmse, 3),
-                    _fmt(m.directional_accuracy, 3), _fmt(m.coverage, 3), _fmt(m.mean_width),
-                ])
+                rows.append(
+                    [
+                        model,
+                        k,
+                        m.n,
+                        _fmt(m.rmse),
+                        _fmt(m.mae),
+                        _fmt(m.mape),
+                        _fmt(m.nrmse, 3),
+                        _fmt(m.directional_accuracy, 3),
+                        _fmt(m.coverage, 3),
+                        _fmt(m.mean_width),
+                    ]
+                )
         lines += _table(
-            ["model", "step", "n", "RMSE", "MAE", "MAPE %", "NRMSE", "direction", "coverage", "width"],
+            [
+                "model",
+                "step",
+                "n",
+                "RMSE",
+                "MAE",
+                "MAPE %",
+                "NRMSE",
+                "direction",
+                "coverage",
+                "width",
+            ],
             rows,
         )
         if "nyc_taxi" in evaluation.name and evaluation.horizon == 5:

@@ -139,8 +139,15 @@ class AlertDispatcher:
         muted = [a.alert_id for a, _ in decision.suppressed if a.status == "firing"]
         if muted:
             await self.buffer.mark_firing_suppressed(muted)
+        if decision.suppressed:
+            log.info(
+                "notification %s: %d of %d alert(s) not sent (silenced or inhibited)",
+                notification.notification_id, len(decision.suppressed), len(alerts),
+            )  # fmt: skip
         for alert, why in decision.suppressed:
-            log.info("alert %s (%s, %s) not sent: %s", alert.alert_id, alert.key, alert.status, why)
+            log.debug(
+                "alert %s (%s, %s) not sent: %s", alert.alert_id, alert.key, alert.status, why
+            )
         for endpoint in self.endpoints:
             wanted = [a for a in decision.send if endpoint.wants(a)]
             if wanted:

@@ -145,9 +145,10 @@ def route(
 ) -> RoutingDecision:  # fmt: skip
     """Which alerts of a notification go out. ``firing_suppressed``: ids whose firing was muted."""
     decision = RoutingDecision()
+    muted_here: set[str] = set()  # a firing muted in this very notification mutes its resolve too
     for alert in alerts:
         if alert.status == "resolved":
-            if alert.alert_id in firing_suppressed:
+            if alert.alert_id in firing_suppressed or alert.alert_id in muted_here:
                 decision.suppressed.append((alert, "its firing notification was suppressed"))
             else:
                 decision.send.append(alert)
@@ -155,10 +156,12 @@ def route(
         silence = next((s for s in silences if s.mutes(alert, now)), None)
         if silence is not None:
             decision.suppressed.append((alert, f"silenced by {silence.id}"))
+            muted_here.add(alert.alert_id)
             continue
         source = inhibiting_alert(alert, firing, rules)
         if source is not None:
             decision.suppressed.append((alert, f"inhibited by {source.alert_id} ({source.key})"))
+            muted_here.add(alert.alert_id)
             continue
         decision.send.append(alert)
     return decision

@@ -22,7 +22,7 @@ from vigil.records import Reading, parse_timestamp
 TIMESTAMP_COLUMNS = ("timestamp", "date", "datetime", "time", "ts")
 KEY_COLUMNS = ("name", "symbol", "ticker")
 MISSING_MARKERS = frozenset({"", "nan", "null", "none", "na", "n/a"})
-CSV_SUFFIXES = (".csv", ".txt")
+CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
@@ -59,6 +59,11 @@ class TableLayout:
     @property
     def univariate(self) -> bool:
         return len(self.values) == 1
+
+    @property
+    def file_key(self) -> str | None:
+        """The key of every row when it does not come from a column (so bad rows have it too)."""
+        return None if self.fixed_key is None else self.key_prefix + self.fixed_key
 
     def reading_of(self, row: dict[str, Any]) -> tuple[str, Reading]:
         """Key and reading of one row; raises RowError naming the offending cell."""
@@ -180,8 +185,9 @@ class FileRow:
     """One data row: a reading, or the reason it could not be one.
 
     ``line`` is the CSV line number (header = 1) or the Parquet row number (first row = 1),
-    ``end_line`` the last line of the row (a quoted field can span lines); ``ts`` is the row's time or, for a bad row, the last good time before it, so a merge of
-    several files keeps bad rows where they were.
+    ``end_line`` the last line of the row (a quoted field can span lines). ``ts`` is the row's
+    time or, for a bad row, the last good time before it, so a merge of several files keeps bad
+    rows where they were.
     """
 
     path: Path
@@ -268,8 +274,9 @@ class CsvTable:
                 yield row
 
     def _row(self, line: int, end_line: int, offset: int, body: bytes, last_ts: float) -> FileRow:
-        def bad(why: str, key: str | None = None) -> FileRow:
+        def bad(why: str) -> FileRow:
             problem = f"{self.path.name} line {line}: {why}"
+            key = self.layout.file_key
             return FileRow(self.path, line, end_line, offset, last_ts, key, None, problem, body)
 
         try:
@@ -348,7 +355,8 @@ class ParquetTable:
                 except (RowError, ValueError) as exc:
                     raw = json.dumps(row, default=str).encode()
                     problem = f"{self.path.name} row {row_no}: {_short(exc)}"
-                    yield FileRow(self.path, row_no, row_no, 0, last_ts, None, None, problem, raw)
+                    known = layout.file_key
+                    yield FileRow(self.path, row_no, row_no, 0, last_ts, known, None, problem, raw)
                     continue
                 last_ts = reading.ts
                 raw = json.dumps(row, default=str).encode()

@@ -20,6 +20,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from connectors.null_reading import send_reading
@@ -162,10 +164,17 @@ class MqttBridge:
         username: str | None = None,
         password: str | None = None,
         keepalive_s: int = 30,
+        protocol: int = 5,
+        receive_maximum: int = 1000,
+        session_expiry_s: int = 86_400,
         topic: str | None = None,
     ) -> None:
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, got {qos}")
+        if protocol not in (4, 5):
+            raise ValueError(f"protocol must be 5 (MQTT 5) or 4 (MQTT 3.1.1), got {protocol}")
+        if not 1 <= receive_maximum <= 65535:
+            raise ValueError(f"receive_maximum must be in 1..65535, got {receive_maximum}")
         self.producer = producer
         self.host, self.port = host, port
         self.keys = TopicKeys(patterns, key_template)
@@ -174,6 +183,9 @@ class MqttBridge:
         self.client_id = client_id or f"vigil-bridge-{uuid.uuid4().hex[:8]}"
         self.username, self.password = username, password
         self.keepalive_s = keepalive_s
+        self.protocol = protocol
+        self.receive_maximum = receive_maximum
+        self.session_expiry_s = session_expiry_s
         self.topic = topic or producer.settings.topics.readings
         self.stats = BridgeStats()
         self.subscribed = asyncio.Event()
@@ -190,7 +202,22 @@ class MqttBridge:
     async def run(self) -> BridgeStats:
         self._loop = asyncio.get_running_loop()
         client = self._client()
-        client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
+        if self.protocol == 5:
+            # Receive Maximum = how many unacknowledged messages the broker may send at once.
+            # Acks wait for Kafka, so a small window (3.1.1 brokers default to 20) caps throughput.
+            props = Properties(PacketTypes.CONNECT)
+            props.ReceiveMaximum = self.receive_maximum
+            if self.persistent:
+                props.SessionExpiryInterval = self.session_expiry_s
+            client.connect_async(
+                self.host,
+                self.port,
+                keepalive=self.keepalive_s,
+                clean_start=not self.persistent,
+                properties=props,
+            )
+        else:
+            client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
         client.loop_start()
         try:
             while True:
@@ -220,7 +247,8 @@ class MqttBridge:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
-            clean_session=not self.persistent,
+            clean_session=None if self.protocol == 5 else not self.persistent,
+            protocol=mqtt.MQTTv5 if self.protocol == 5 else mqtt.MQTTv311,
             manual_ack=True,
         )
         if self.username is not None:

@@ -14,7 +14,7 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,7 +93,6 @@ class FileReplay:
         checkpoint_interval_s: float = 1.0,
         stop_after: int | None = None,
         progress: bool = False,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.paths = expand_paths(paths)
         if not self.paths:
@@ -108,7 +107,6 @@ class FileReplay:
         self.checkpoint_interval_s = checkpoint_interval_s
         self.stop_after = stop_after
         self.progress = progress
-        self._sleep = sleep
         self._files: dict[Path, FileProgress] = {}
         self.summary: ReplaySummary | None = None  # live, so an interrupted run can report
 
@@ -132,7 +130,10 @@ class FileReplay:
                     summary.stopped_early = True
                     break
                 if row.reading is not None and (wait := self.pacer.delay(row.ts)) > 0:
-                    await self._sleep(wait)
+                    if wait >= self.checkpoint_interval_s:
+                        await self._commit()  # a long pause: save what is sent before it
+                        since_commit, last_commit = 0, time.monotonic()
+                    await asyncio.sleep(wait)
                 await self._send(row)
                 sent += 1
                 since_commit += 1

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import functools
 import hashlib
 import json
 import logging
@@ -190,6 +189,19 @@ for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
 return ids
 """
 
+_RESCHEDULE = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], 'next_at', ARGV[2])
+return 1
+"""
+
+_RESTORE = """
+if redis.call('HGET', KEYS[2], 'status') ~= 'pending' then return 0 end
+local at = redis.call('HGET', KEYS[2], 'next_at')
+return redis.call('ZADD', KEYS[1], 'XX', at, ARGV[1])
+"""
+
 
 class DeliveryQueue:
     """Pending, delivered and dead webhook deliveries of one app, in Redis."""
@@ -200,6 +212,8 @@ class DeliveryQueue:
         self.retention_s = math.ceil(retention_s)
         self._enqueue = redis.register_script(_ENQUEUE)
         self._claim = redis.register_script(_CLAIM)
+        self._reschedule = redis.register_script(_RESCHEDULE)
+        self._restore = redis.register_script(_RESTORE)
 
     def record_key(self, delivery_id: str) -> str:
         return f"{self.prefix}:delivery:{delivery_id}"
@@ -268,8 +282,18 @@ class DeliveryQueue:
         )
 
     async def reschedule(self, endpoint: str, delivery_id: str, at: float) -> None:
-        """Move a pending delivery's next attempt without counting an attempt (XX: never revive)."""
-        await self.redis.zadd(self.due_key(endpoint), {delivery_id: at}, xx=True)
+        """Move a pending delivery's next attempt without counting an attempt (never revives a
+        finished one)."""
+        await self._reschedule(
+            keys=[self.due_key(endpoint), self.record_key(delivery_id)],
+            args=[delivery_id, repr(at)],
+        )
+
+    async def restore(self, endpoint: str, delivery_id: str) -> None:
+        """Put a pending delivery back at its recorded next-attempt time (undo a stray claim)."""
+        await self._restore(
+            keys=[self.due_key(endpoint), self.record_key(delivery_id)], args=[delivery_id]
+        )
 
     async def record_retry(
         self, record: DeliveryRecord, attempts: int, at: float, error: str
@@ -332,6 +356,7 @@ class WebhookDelivery:
         self._client: httpx.AsyncClient | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._reclaimed: set[str] = set()
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -395,17 +420,12 @@ class WebhookDelivery:
             slots = self.breaker.permits(self.endpoint.max_concurrency - len(self._inflight))
             ids = await self.queue.claim(self.id, time.time(), slots, self._lease_s)
             for delivery_id in ids:
-                if delivery_id in self._inflight:
+                if delivery_id in self._inflight:  # its attempt is just finishing: undo after
+                    self._reclaimed.add(delivery_id)
                     continue
-                task = asyncio.create_task(self._attempt(delivery_id))
-                self._inflight[delivery_id] = task
-                task.add_done_callback(functools.partial(self._finished, delivery_id))
+                self._inflight[delivery_id] = asyncio.create_task(self._attempt(delivery_id))
             if not ids or len(ids) < slots:
                 return
-
-    def _finished(self, delivery_id: str, _task: asyncio.Task[None]) -> None:
-        self._inflight.pop(delivery_id, None)
-        self._wake.set()
 
     async def _attempt(self, delivery_id: str) -> None:
         try:
@@ -414,6 +434,18 @@ class WebhookDelivery:
             raise
         except Exception:  # left claimed: due again when the lease ends
             log.exception("webhook %s: delivery %s failed unexpectedly", self.name, delivery_id)
+        finally:
+            await self._settle(delivery_id)
+
+    async def _settle(self, delivery_id: str) -> None:
+        """Leave the in-flight set right after the attempt's last write (no await in between),
+        and undo a claim the pump made while the attempt was finishing: that claim pushed the
+        delivery a lease ahead, which would stall its retry for the whole lease."""
+        self._inflight.pop(delivery_id, None)
+        self._wake.set()
+        if delivery_id in self._reclaimed:
+            self._reclaimed.discard(delivery_id)
+            await self.queue.restore(self.id, delivery_id)
 
     async def _attempt_once(self, delivery_id: str) -> None:
         record = await self.queue.load(delivery_id)

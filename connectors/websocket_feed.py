@@ -9,6 +9,7 @@ message again on every connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -100,6 +101,9 @@ def parse_item(item: Any, fields: QuoteFields, received_at: float) -> tuple[str,
         raw_ts = field_at(item, fields.timestamp)
         if raw_ts is _ABSENT or raw_ts is None:
             raise MessageError(f"no {fields.timestamp!r} field")
+        if isinstance(raw_ts, str):
+            with contextlib.suppress(ValueError):  # not a number: ISO-8601, parsed below
+                raw_ts = float(raw_ts)  # epoch seconds or milliseconds sent as text
         try:
             ts = parse_timestamp(raw_ts)
         except ValueError as exc:

@@ -11,8 +11,9 @@ the run time per size bucket (powers of two up to ``max_size``) and caps the nex
 largest bucket whose run time fits ``latency_target_ms``. Unmeasured buckets are estimated by
 scaling the nearest measured one linearly (safe upwards: real cost grows slower than linearly).
 A partial batch is recorded in the bucket above it, scaled up linearly, which again errs on the
-slow side. Every ``probe_every`` batches the cap is raised one bucket for a single batch, so a
-bucket measured slow during a transient stall gets a chance to prove it fits again.
+slow side; the first run of each exact size (kernel set-up for a new shape) is not recorded.
+Every ``probe_every`` batches the cap is raised one bucket for a single batch, so a bucket
+measured slow during a transient stall gets a chance to prove it fits again.
 
 While a batch runs, new requests queue; when it returns they form the next batch straight away,
 so under load batches grow to the cap by themselves, and under light load a request waits at
@@ -86,6 +87,7 @@ class BatchSizer:
         *,
         smoothing: float = 0.3,
         probe_every: int = 100,
+        warmup_runs: int = 1,
     ) -> None:
         if max_size < 1 or latency_target_s <= 0 or not 0 < smoothing <= 1:
             raise ValueError("max_size >= 1, latency_target_s > 0 and 0 < smoothing <= 1 needed")
@@ -95,7 +97,9 @@ class BatchSizer:
         self.probe_every = probe_every
         powers = [1 << k for k in range(max_size.bit_length()) if (1 << k) < max_size]
         self.buckets: list[int] = [*powers, max_size]
+        self.warmup_runs = warmup_runs
         self._seconds: dict[int, float] = {}
+        self._runs_by_size: dict[int, int] = {}
         self._batches = 0
 
     def bucket_for(self, size: int) -> int:
@@ -105,8 +109,16 @@ class BatchSizer:
         )
 
     def record(self, size: int, seconds: float) -> None:
-        """Fold one measured run into its bucket (a partial batch is scaled up linearly)."""
+        """Fold one measured run into its bucket (a partial batch is scaled up linearly).
+
+        The first ``warmup_runs`` runs of each exact size are ignored: oneDNN / cuDNN build
+        their kernels for a new shape on first use, which says nothing about later runs.
+        """
         if size < 1 or not math.isfinite(seconds) or seconds < 0:
+            return
+        runs = self._runs_by_size.get(size, 0)
+        self._runs_by_size[size] = runs + 1
+        if runs < self.warmup_runs:
             return
         bucket = self.bucket_for(size)
         scaled = seconds * bucket / min(size, bucket)

@@ -15,6 +15,7 @@ same forecast as one :meth:`Forecaster.forward` over the same T vectors.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Sequence
 
@@ -25,6 +26,8 @@ from torch.nn import functional
 
 from models.cells import CELLS, RecurrentCell, State
 from vigil.settings import ModelConfig
+
+log = logging.getLogger(__name__)
 
 _STATE_MAGIC = b"VGS1"
 _STATE_HEADER = struct.Struct("<4sBHH")  # magic, cell code, layers, hidden size
@@ -137,25 +140,48 @@ class Forecaster(nn.Module):
 
     def states_to_bytes(self, state: State) -> list[bytes]:
         """Every key of a batched state as bytes, with one device-to-host copy for all."""
-        array = torch.stack(list(state)).detach().to("cpu").numpy().astype("<f4", copy=False)
-        header = self._header()
-        return [
-            header + np.ascontiguousarray(array[:, :, k]).tobytes() for k in range(array.shape[2])
-        ]
+        array = torch.stack(list(state)).detach().to("cpu").numpy()  # [S, L, N, H]
+        per_key = np.ascontiguousarray(array.transpose(2, 0, 1, 3), dtype="<f4")  # [N, S, L, H]
+        raw, header = per_key.tobytes(), self._header()
+        size = per_key[0].nbytes if len(per_key) else 0
+        return [header + raw[k * size : (k + 1) * size] for k in range(len(per_key))]
 
     def state_from_bytes(self, data: bytes, device: torch.device | str | None = None) -> State:
         """Bytes from :meth:`state_to_bytes` → a batch-1 state on ``device`` (the model's)."""
         return self.states_from_bytes([data], device)
 
     def states_from_bytes(
-        self, items: Sequence[bytes | None], device: torch.device | str | None = None
+        self,
+        items: Sequence[bytes | None],
+        device: torch.device | str | None = None,
+        *,
+        reset_mismatched: bool = False,
     ) -> State:
-        """Many keys' bytes (None = a new key, zero state) → one batched state, one copy."""
-        layers, hidden = self.config.num_layers, self.config.hidden_size
-        array = np.zeros((self.state_arity, layers, len(items), hidden), dtype=np.float32)
-        for k, data in enumerate(items):
-            if data is not None:
-                array[:, :, k] = self._decode(data)
+        """Many keys' bytes (None = a new key, zero state) → one batched state, one copy.
+
+        Bytes written by a model of another shape raise :class:`StateMismatchError`, or, with
+        ``reset_mismatched``, start that key from the zero state (the only state such a key can
+        have under this model) and log how many were reset.
+        """
+        header, total = self._header(), self.state_nbytes
+        zero = bytes(total - len(header))
+        bodies: list[bytes | memoryview] = []
+        reset = 0
+        for data in items:
+            if data is None:
+                bodies.append(zero)
+            elif len(data) == total and data[: len(header)] == header:
+                bodies.append(memoryview(data)[len(header) :])
+            elif reset_mismatched:
+                reset += 1
+                bodies.append(zero)
+            else:
+                raise self._mismatch(data)
+        if reset:
+            log.warning("%d stored state(s) did not fit the model and were reset", reset)
+        shape = (len(items), self.state_arity, self.config.num_layers, self.config.hidden_size)
+        flat = np.frombuffer(b"".join(bodies), dtype="<f4").reshape(shape)
+        array = flat.transpose(1, 2, 0, 3).astype(np.float32, order="C")  # a writable copy
         tensor = torch.from_numpy(array).to(self.device if device is None else device)
         return tuple(tensor.unbind(0))
 
@@ -166,22 +192,20 @@ class Forecaster(nn.Module):
             _STATE_MAGIC, code, self.config.num_layers, self.config.hidden_size
         )
 
-    def _decode(self, data: bytes) -> np.ndarray:
+    def _mismatch(self, data: bytes) -> StateMismatchError:
+        """Say what differs between stored bytes and this model's state layout."""
         if len(data) != self.state_nbytes:
-            raise StateMismatchError(
+            return StateMismatchError(
                 f"state has {len(data)} bytes; this {self.config.cell} model needs "
                 f"{self.state_nbytes}"
             )
         magic, code, layers, hidden = _STATE_HEADER.unpack_from(data)
-        expected = (_STATE_MAGIC, _CELL_CODES[self.config.cell], self.config.num_layers)
-        if (magic, code, layers) != expected or hidden != self.config.hidden_size:
-            raise StateMismatchError(
-                f"state was written by another model shape (cell code {code}, {layers} layers, "
-                f"hidden {hidden}); this one is {self.config.cell}, {self.config.num_layers} "
-                f"layers, hidden {self.config.hidden_size}"
-            )
-        body = np.frombuffer(data, dtype="<f4", offset=_STATE_HEADER.size)
-        return body.reshape(self.state_arity, layers, hidden)
+        cells = {code: name for name, code in _CELL_CODES.items()}
+        return StateMismatchError(
+            f"state was written by another model shape (magic {magic!r}, cell "
+            f"{cells.get(code, code)}, {layers} layers, hidden {hidden}); this one is "
+            f"{self.config.cell}, {self.config.num_layers} layers, hidden {self.config.hidden_size}"
+        )
 
     def _between_layers(self, tensor: Tensor) -> Tensor:
         if self.config.dropout and self.training:

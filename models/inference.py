@@ -96,9 +96,15 @@ class InferenceEngine:
             output, new_state = model.step(self._to_device(batch), state)
             return self._to_host(output), new_state
 
-    def states_from_bytes(self, items: Sequence[bytes | None]) -> State:
-        """Stored per-key states (None = new key) → one batched state on the device."""
-        return self.model.states_from_bytes(items, self.device)
+    def states_from_bytes(
+        self, items: Sequence[bytes | None], *, reset_mismatched: bool = True
+    ) -> State:
+        """Stored per-key states (None = new key) → one batched state on the device.
+
+        By default a state written by a model of another shape (before a swap that changed
+        the hidden size, say) restarts from zero instead of failing the whole batch.
+        """
+        return self.model.states_from_bytes(items, self.device, reset_mismatched=reset_mismatched)
 
     def states_to_bytes(self, state: State) -> list[bytes]:
         """A batched state → one bytes value per key, for Redis."""

@@ -2,8 +2,11 @@
 
 Faust fetches ahead into per-partition buffers. When offered load passes capacity those buffers
 fill, and every event waits behind them: latency grows without bound although nothing is lost.
-Pausing the partitions that bring most events keeps the excess in Kafka (where it is durable and
-visible as consumer lag, which the autoscaler acts on) and keeps in-worker latency near the target.
+Pausing the partitions that bring most events keeps the excess in Kafka (durable, and visible as
+consumer lag, which the autoscaler acts on) and keeps in-worker latency near the target.
+
+Pausing is decided after each batch; resuming is decided by :meth:`PartitionThrottle.tick` on a
+timer, because a paused partition brings no batch that could resume it.
 """
 
 from __future__ import annotations
@@ -28,20 +31,24 @@ class PartitionThrottle:
         max_queue: int,
         metrics: VigilMetrics,
         *,
-        latency_target_s: float = 0.1,
+        max_wait_s: float = 0.1,
         pause_fraction: float = 0.5,
-        min_pause_s: float = 0.2,
+        min_pause_s: float = 0.1,
+        clock: Any = time.monotonic,
     ) -> None:
         self.app = app
         self.max_queue = max_queue
         self.metrics = metrics
-        self.latency_target_s = latency_target_s
+        self.max_wait_s = max_wait_s
         self.pause_fraction = pause_fraction
         self.min_pause_s = min_pause_s
+        self.clock = clock
         self.recent: Counter[TP] = Counter()
         self.paused: set[TP] = set()
         self.paused_at = 0.0
         self.pauses = 0
+        self.last_wait = 0.0
+        self.last_depth = 0
 
     def observe(self, events: Sequence[EventT]) -> None:
         """Remember which partitions are busiest (exponentially forgotten)."""
@@ -52,26 +59,35 @@ class PartitionThrottle:
 
     def waited(self, events: Sequence[EventT]) -> float:
         """Longest time an event of the batch spent in the worker before being handled."""
-        now = time.monotonic()
+        now = self.clock()
         times = [getattr(e.message, "time_in", None) for e in events]
         return max((now - t for t in times if t), default=0.0)
 
+    def overloaded(self) -> bool:
+        return self.last_depth > self.max_queue or self.last_wait > self.max_wait_s
+
     async def after_batch(self, events: Sequence[EventT], queue_depth: int) -> None:
-        overloaded = queue_depth > self.max_queue or self.waited(events) > self.latency_target_s
-        consumer = self.app.consumer
-        if overloaded and not self.paused:
+        self.last_wait = self.waited(events)
+        self.last_depth = queue_depth
+        if self.overloaded() and not self.paused:
             busiest = [tp for tp, n in self.recent.most_common() if n > 0]
-            count = max(1, int(len(busiest) * self.pause_fraction))
-            self.paused = set(busiest[:count])
+            self.paused = set(busiest[: max(1, int(len(busiest) * self.pause_fraction))])
             if self.paused:
-                consumer.pause_partitions(self.paused)
-                self.paused_at = time.monotonic()
+                self.app.consumer.pause_partitions(self.paused)
+                self.paused_at = self.clock()
                 self.pauses += 1
-                log.info("backpressure: paused %d partitions", len(self.paused))
-        elif (
-            self.paused and not overloaded and time.monotonic() - self.paused_at > self.min_pause_s
-        ):
-            consumer.resume_partitions(self.paused)
-            log.info("backpressure: resumed %d partitions", len(self.paused))
-            self.paused = set()
+                log.debug("backpressure: paused %s", sorted(self.paused))
         self.metrics.paused_partitions.set(len(self.paused))
+
+    def tick(self, queue_depth: int) -> None:
+        """Resume once the pause has let the backlog drain (called on a short timer)."""
+        if not self.paused or self.clock() - self.paused_at < self.min_pause_s:
+            return
+        self.last_depth = queue_depth
+        since_pause = self.clock() - self.paused_at
+        if queue_depth <= self.max_queue // 2 and (self.last_wait <= self.max_wait_s or since_pause > 1.0):
+            self.app.consumer.resume_partitions(self.paused)
+            log.debug("backpressure: resumed %s", sorted(self.paused))
+            self.paused = set()
+            self.last_wait = 0.0
+            self.metrics.paused_partitions.set(0)

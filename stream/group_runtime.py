@@ -159,9 +159,9 @@ class GroupRuntime:
             parent=self.version,
             note="online fine-tuning",
         )
-        self.registry.promote(self.group.name, version, "shadow evaluation won")
-        if self.watcher is not None:
+        if self.watcher is not None:  # before promote, so our own announcement is not reloaded
             self.watcher.acknowledge(version)
+        self.registry.promote(self.group.name, version, "shadow evaluation won")
         self._serve(version, candidate)
         self.metrics.promotions.labels(self.group.name, "promoted").inc()
         self._announce(version, "online fine-tuning")

@@ -19,6 +19,7 @@ import faust
 import redis.asyncio as aioredis
 from faust.types import TP, EventT
 
+from connectors.alert_dispatch import AlertDispatcher
 from stream.backpressure import PartitionThrottle
 from stream.group_runtime import GroupRuntime
 from stream.key_state import KeyState
@@ -81,9 +82,17 @@ class VigilStream:
         self.store = StateStore(
             self.redis, settings.app_id, alert_stream_maxlen=settings.stream.alert_stream_maxlen
         )
+        # Webhook delivery runs in the worker when receivers are configured; submit() is one
+        # Redis round trip, the HTTP work happens on the dispatcher's own tasks.
+        self.dispatcher = AlertDispatcher(settings, self.redis) if settings.webhooks else None
         self.groups = {g.name: GroupRuntime(g, settings, self.metrics) for g in settings.groups}
         self.states: dict[str, dict[str, KeyState]] = {name: {} for name in self.groups}
-        self.throttle = PartitionThrottle(self.app, settings.batch.max_queue, self.metrics)
+        self.throttle = PartitionThrottle(
+            self.app,
+            settings.batch.max_queue,
+            self.metrics,
+            max_wait_s=2 * settings.batch.latency_target_ms / 1000,
+        )
         t = settings.topics
         self.predictions = self.app.topic(t.predictions)
         self.alerts = self.app.topic(t.alerts)
@@ -96,6 +105,7 @@ class VigilStream:
         self.app.service(_GroupServices(self))
         self.app.task(self._watch_loop_lag)
         self.app.timer(5.0)(self._measure_consumer_lag)
+        self.app.timer(0.05)(self._resume_drained)
         from stream.web import add_pages
 
         add_pages(self)
@@ -181,7 +191,8 @@ class VigilStream:
             await self.store.save(touched, output.predictions)
             self.metrics.state_writes.inc(len(touched))
             for alert in output.alerts:
-                await self.store.record_alert(alert)
+                if await self.store.record_alert(alert) and self.dispatcher is not None:
+                    await self.dispatcher.submit(alert)
             runtime.learn(output)
             self._count(runtime.group.name, output, raw_by_offset, sent)
         await self.throttle.after_batch(events, self.queue_depth())
@@ -274,6 +285,9 @@ class VigilStream:
         return sum(g.queue_depth for g in self.groups.values())
 
     # ---- housekeeping -------------------------------------------------------------------
+    async def _resume_drained(self) -> None:
+        self.throttle.tick(self.queue_depth())
+
     async def _on_revoked(self, app: faust.App, revoked: set[TP], **_: Any) -> None:
         """Forget the state of keys whose partitions left: their new owner reads it from Redis."""
         partitions = {(tp.topic, tp.partition) for tp in revoked}
@@ -323,8 +337,12 @@ class _GroupServices(faust.Service):
     async def on_start(self) -> None:
         for runtime in self.stream.groups.values():
             await runtime.start(self.stream)
+        if self.stream.dispatcher is not None:
+            await self.stream.dispatcher.start()
 
     async def on_stop(self) -> None:
+        if self.stream.dispatcher is not None:
+            await self.stream.dispatcher.stop()
         for runtime in self.stream.groups.values():
             await runtime.stop()
         await self.stream.redis.aclose()

@@ -7,6 +7,7 @@ own metrics and Vigil's are served together.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
@@ -78,43 +79,31 @@ async def readiness(stream: VigilStream) -> dict[str, bool]:
 
 
 def _add_silence_pages(stream: VigilStream) -> None:
-    """Silences live in Redis with the alert routing; these pages are their HTTP face."""
-    try:
-        from connectors.alert_routing import SilenceStore
-    except ImportError:  # pragma: no cover - routing module absent
-        return
+    """Silences live in Redis beside the alert routing; these pages are their HTTP face."""
+    from connectors.alert_routing import SilenceRequestError, SilenceStore
+
     app = stream.app
+    store = SilenceStore(stream.redis, stream.settings.app_id)
 
-    def store() -> Any:
-        import redis as sync_redis
-
-        return SilenceStore(
-            sync_redis.Redis.from_url(stream.settings.redis), stream.settings.app_id
-        )
+    async def answer(view: View, call: Awaitable[dict[str, Any]], status: int = 200) -> Response:
+        try:
+            return view.json(await call, status=status)
+        except SilenceRequestError as exc:
+            return view.json({"error": str(exc)}, status=exc.status)
 
     @app.page("/silences")
     class Silences(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"silences": await _in_thread(lambda: store().list_json())})
+            return await answer(self, store.handle_list(dict(request.query)))
 
         async def post(self, request: Request) -> Response:
-            body = await request.json()
             try:
-                created = await _in_thread(lambda: store().create_json(body))
-            except ValueError as exc:
-                return self.json({"error": str(exc)}, status=400)
-            return self.json(created, status=201)
+                body = await request.json()
+            except ValueError:
+                return self.json({"error": "body must be JSON"}, status=400)
+            return await answer(self, store.handle_create(body), status=201)
 
     @app.page("/silences/{silence_id}")
     class Silence(View):
         async def delete(self, request: Request, silence_id: str) -> Response:
-            expired = await _in_thread(lambda: store().expire_json(silence_id))
-            if not expired:
-                return self.json({"error": f"no active silence {silence_id!r}"}, status=404)
-            return self.json({"expired": silence_id})
-
-
-async def _in_thread(fn: Any) -> Any:
-    import asyncio
-
-    return await asyncio.to_thread(fn)
+            return await answer(self, store.handle_expire(silence_id))

@@ -282,3 +282,19 @@ def test_silence_cli_add_list_expire(settings: VigilSettings, run_id: str) -> No
     assert unknown.exit_code == 1
     everything = runner.invoke(app, ["alerts", "silence", "add", "--comment", "x"], env=env)
     assert everything.exit_code == 2  # refuses to silence every alert
+
+
+def test_a_resolve_in_the_same_notification_as_its_silenced_firing_is_muted_too() -> None:
+    """A fast incident can fire and resolve inside one group wait: the pair must stay silent."""
+    from connectors.alert_routing import Silence, route
+
+    now = time.time()
+    silence = Silence(matchers=AlertMatcher(key="quiet-*"), starts_at=now - 1, ends_at=now + 60)
+    alerts = [
+        make_alert("a1", "quiet-1"),
+        make_alert("a1", "quiet-1", status="resolved"),
+        make_alert("b1", "loud-1"),
+    ]
+    decision = route(alerts, now=now, silences=[silence], firing=[], rules=[], firing_suppressed=set())
+    assert [(a.key, a.status) for a in decision.send] == [("loud-1", "firing")]
+    assert {(a.key, a.status) for a, _ in decision.suppressed} == {("quiet-1", "firing"), ("quiet-1", "resolved")}

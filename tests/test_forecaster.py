@@ -189,6 +189,14 @@ def test_state_bytes_from_another_model_shape_are_rejected() -> None:
     with pytest.raises(StateMismatchError):
         lstm.state_from_bytes(blob[:-4])
 
+    # the engine (the stream's path) restarts such keys from zero instead of failing the batch
+    engine = InferenceEngine(wider, torch.device("cpu"))
+    _, moved = engine.step(np.ones((1, 3), dtype=np.float32), engine.initial_state(1))
+    good = engine.states_to_bytes(moved)[0]
+    restored = engine.states_from_bytes([good, blob])
+    assert torch.equal(restored[0][:, 0], moved[0][:, 0])
+    assert not restored[0][:, 1].any() and not restored[1][:, 1].any()
+
 
 def test_flops_count_matches_formula_for_default_lstm() -> None:
     model = Forecaster(

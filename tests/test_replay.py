@@ -73,7 +73,7 @@ def test_csv_rows_have_line_numbers_and_reasons(tmp_path: Path) -> None:
     bad_row = next(r for r in rows if r.line == 3)
     assert bad_row.raw == b"2024-01-01 00:05:00,abc"
     assert bad_row.ts == good[2].ts  # a bad row keeps its place in a time merge
-    assert {r.key for r in rows if r.reading} == {"sensor_a"}  # key = file stem
+    assert {r.key for r in rows} == {"sensor_a"}  # key = file stem, bad rows included
 
 
 def test_market_bars_value_or_values_and_keys(shared_data: Path, tmp_path: Path) -> None:
@@ -312,6 +312,7 @@ async def test_malformed_lines_go_to_dead_letters_and_replay_goes_on(
     assert by_line[5]["source"] == f"replay:{path.resolve()}:5"
     assert by_line[5]["original"] == lines[4]
     assert by_line[5]["topic"] == settings.topics.readings
+    assert by_line[5]["key"] == "nyc_taxi"
     assert not math.isnan(readings[0].json()["value"])
 
 

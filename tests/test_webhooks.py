@@ -470,3 +470,61 @@ async def test_alerts_topic_consumer_delivers_and_commits_after_redis(
     finally:
         await check.stop()
     assert committed == 4  # all four records, only after they were handled
+
+
+async def test_a_claim_racing_a_finishing_attempt_does_not_stall_the_retry(
+    settings: VigilSettings, aredis: Redis, run_id: str
+) -> None:
+    """The pump may claim a delivery whose attempt has written its retry time but not yet left
+    the in-flight set; the claim pushes it a lease (30 s) ahead unless the attempt undoes it."""
+    async with WebhookReceiver() as receiver:
+        endpoint = endpoint_for(receiver, f"race-{run_id}")
+        dispatcher = AlertDispatcher(with_webhooks(settings, endpoint), aredis)
+        delivery, queue = dispatcher.endpoint(receiver.url), dispatcher.queue
+        alert = make_alert(f"{run_id}-r", "R")
+        notification = Notification(f"{alert.alert_id}:firing", "key=R", [alert])
+        assert await queue.enqueue(delivery.id, notification, b"{}", time.time())
+        did = f"{notification.notification_id}@{delivery.id}"
+        finishing = asyncio.create_task(asyncio.sleep(5))  # stands in for the attempt's task
+        delivery._inflight[did] = finishing
+        record = await queue.load(did)
+        assert record is not None
+        retry_at = time.time() - 0.001  # a tiny back-off: due at once
+        await queue.record_retry(record, 1, retry_at, "HTTP 500")  # the attempt's last write
+        await delivery._claim_and_start()  # the stray claim: skipped, but its lease was set
+        leased = await aredis.zscore(queue.due_key(delivery.id), did)
+        assert leased is not None and leased > time.time() + 20
+        await delivery._settle(did)  # the attempt leaves the in-flight set
+        finishing.cancel()
+        assert await aredis.zscore(queue.due_key(delivery.id), did) == pytest.approx(
+            retry_at, abs=1e-3
+        )
+        assert did not in delivery._inflight
+
+
+def test_webhooks_command_shows_pending_and_needs_endpoints(settings: VigilSettings) -> None:
+    from typer.testing import CliRunner
+
+    from connectors.webhook_cli import webhooks_app
+    from connectors.webhooks import DeliveryQueue
+
+    endpoint = WebhookEndpoint.model_validate({"url": "http://127.0.0.1:9/hook", "name": "cli"})
+    alert = make_alert("cli-1", "K")
+
+    async def enqueue() -> None:
+        redis = Redis.from_url(settings.redis)
+        try:
+            queue = DeliveryQueue(redis, settings.app_id, retention_s=60)
+            note = Notification("cli-1:firing", "key=K", [alert])
+            await queue.enqueue(endpoint_id(endpoint), note, b"{}", time.time())
+        finally:
+            await redis.aclose()
+
+    asyncio.run(enqueue())
+    runner = CliRunner()
+    env = {"VIGIL_APP_ID": settings.app_id, "VIGIL_WEBHOOKS": json.dumps([endpoint.model_dump()])}
+    status = runner.invoke(webhooks_app, ["status"], env=env)
+    assert status.exit_code == 0, status.output
+    assert status.output.split() == ["1", "pending", "cli"]
+    unconfigured = runner.invoke(webhooks_app, [], env=env | {"VIGIL_WEBHOOKS": "[]"})
+    assert unconfigured.exit_code == 2 and "VIGIL_WEBHOOKS" in unconfigured.output

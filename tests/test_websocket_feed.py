@@ -42,6 +42,10 @@ def test_trades_quotes_and_nested_fields() -> None:
     message = {"type": "trade", "data": [{"s": "A", "p": 1, "t": 5}, {"s": "B", "p": 2, "t": 6}]}
     assert ok(parse_message(json.dumps(message), nested, 0.0)) == [("A", 5.0, 1.0), ("B", 6.0, 2.0)]
     assert parse_message('{"type": "ping"}', nested, 0.0) == []  # filtered out, not an error
+    text_ms = '{"s": "ETH", "p": "2000", "T": "1700000000500"}'
+    assert ok(parse_message(text_ms, trade, 0.0)) == [("ETH", 1700000000.5, 2000.0)]
+    iso = '{"s": "ETH", "p": 1, "T": "2024-01-01T00:00:00Z"}'
+    assert ok(parse_message(iso, trade, 0.0)) == [("ETH", 1704067200.0, 1.0)]
     deep = QuoteFields(symbol="d.sym", price="d.px.last", timestamp="d.ts")
     assert ok(parse_message('{"d": {"sym": "X", "px": {"last": 3}, "ts": 7}}', deep, 0.0)) == [
         ("X", 7.0, 3.0)

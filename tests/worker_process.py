@@ -34,8 +34,12 @@ def worker_env(settings: VigilSettings, web_port: int) -> dict[str, str]:
             "VIGIL_KAFKA_BOOTSTRAP": settings.bootstrap,
             "VIGIL_REDIS_URL": settings.redis,
             "VIGIL_WEB_PORT": str(web_port),
+            "VIGIL_WEBHOOKS": json.dumps([w.model_dump(mode="json") for w in settings.webhooks]),
+            "VIGIL_ALERTING": settings.alerting.model_dump_json(),
         }
     )
+    if settings.webhook_signing_key is not None:
+        env["VIGIL_WEBHOOK_SIGNING_KEY"] = settings.webhook_signing_key.get_secret_value()
     return env
 
 

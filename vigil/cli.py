@@ -124,12 +124,14 @@ def _register_subcommands() -> None:
     from bench.cli import app as bench_app
     from bench.eval_cli import app as eval_app
     from connectors.cli import app as connectors_app
+    from connectors.webhook_cli import webhooks_app
     from models.cli import app as models_app
     from stream.cli import alerts_app
 
     app.add_typer(models_app, name="models")
     app.add_typer(bench_app, name="bench")
     app.add_typer(eval_app, name="eval")
+    connectors_app.add_typer(webhooks_app, name="webhooks")
     app.add_typer(connectors_app, name="connect")
     app.add_typer(alerts_app, name="alerts")
 

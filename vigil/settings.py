@@ -124,20 +124,22 @@ class ModelGroup(BaseModel):
 
 
 class TopicNames(BaseModel):
-    readings: str = "vigil.readings"
-    predictions: str = "vigil.predictions"
-    alerts: str = "vigil.alerts"
-    dead_letters: str = "vigil.dead-letters"
-    model_versions: str = "vigil.model-versions"
-    drift: str = "vigil.drift"
+    readings: str = Field("vigil.readings", description="readings in (key = series id)")
+    predictions: str = Field("vigil.predictions", description="one forecast per event")
+    alerts: str = Field("vigil.alerts", description="one record per incident change")
+    dead_letters: str = Field("vigil.dead-letters", description="rejected records with reasons")
+    model_versions: str = Field("vigil.model-versions", description="live-version announcements")
+    drift: str = Field("vigil.drift", description="regime changes in forecast residuals")
     partitions: int = Field(4, ge=1, le=1024, description="partitions of topics Vigil creates")
 
 
 class BatchConfig(BaseModel):
     """Batched inference: one forward pass for many keys."""
 
-    max_size: int = Field(256, ge=1, le=65536)
-    max_wait_ms: float = Field(5.0, ge=0, le=10_000)
+    max_size: int = Field(256, ge=1, le=65536, description="windows per forward pass at most")
+    max_wait_ms: float = Field(
+        5.0, ge=0, le=10_000, description="longest wait to fill a batch (also the reorder buffer)"
+    )
     latency_target_ms: float = Field(50.0, gt=0, description="batch sizing aims under this")
     max_queue: int = Field(4096, ge=1, description="queued requests before partitions pause")
 
@@ -147,7 +149,7 @@ class StreamConfig(BaseModel):
     batch is the reorder buffer, ``batch.max_wait_ms`` its hold time); an event older than its
     key's newest processed one goes to the dead-letter topic as ``late``."""
 
-    alert_stream_maxlen: int = Field(10_000, ge=10)
+    alert_stream_maxlen: int = Field(10_000, ge=10, description="alerts kept in the Redis stream")
     session_timeout_s: float = Field(
         10.0, ge=3, le=300, description="how soon a dead worker's partitions move to the others"
     )
@@ -212,11 +214,11 @@ class AlertingConfig(BaseModel):
 class LocalServices(BaseModel):
     """Where `vigil up` puts the Kafka and Redis it starts when none is configured."""
 
-    kafka_version: str = "4.1.1"
-    kafka_port: int = Field(19092, ge=1024, le=65535)
-    controller_port: int = Field(19093, ge=1024, le=65535)
-    redis_port: int = Field(16379, ge=1024, le=65535)
-    home: Path = Path(".vigil")
+    kafka_version: str = Field("4.1.1", description="Apache Kafka fetched from Maven Central")
+    kafka_port: int = Field(19092, ge=1024, le=65535, description="local broker port")
+    controller_port: int = Field(19093, ge=1024, le=65535, description="local KRaft controller")
+    redis_port: int = Field(16379, ge=1024, le=65535, description="local redis-server port")
+    home: Path = Field(Path(".vigil"), description="logs, data and jars of local services")
 
 
 class VigilSettings(BaseSettings):
@@ -249,8 +251,10 @@ class VigilSettings(BaseSettings):
     app_id: str = Field(
         "vigil", pattern=r"^[A-Za-z0-9._-]+$", description="Faust app and consumer group"
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    web_port: int = Field(6066, ge=1, le=65535)
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="torch device; auto = CUDA when present, else CPU"
+    )
+    web_port: int = Field(6066, ge=1, le=65535, description="worker web server: health, metrics")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     topics: TopicNames = Field(default_factory=TopicNames)
     batch: BatchConfig = Field(default_factory=BatchConfig)
@@ -259,7 +263,9 @@ class VigilSettings(BaseSettings):
         default_factory=lambda: [ModelGroup(name="default")],
         description="model groups; the first whose key_patterns match a key serves it",
     )
-    webhooks: list[WebhookEndpoint] = Field(default_factory=list)
+    webhooks: list[WebhookEndpoint] = Field(
+        default_factory=list, description="alert receivers: JSON list of {url, min_severity, …}"
+    )
     webhook_signing_key: SecretStr | None = Field(None, description="HMAC-SHA256 key for webhooks")
     alerting: AlertingConfig = Field(default_factory=AlertingConfig)
     local: LocalServices = Field(default_factory=LocalServices)

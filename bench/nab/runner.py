@@ -9,12 +9,10 @@ output scored from disk later (``vigil eval nab-score``) then gives the very sam
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +42,9 @@ def detect_series(detector: object, values: npt.ArrayLike, name: str = "") -> np
     for i, value in enumerate(series.tolist()):
         score = float(score_one(value))
         if not (0.0 <= score <= 1.0):  # also catches NaN
-            raise ValueError(f"detector {name!r} returned {score} at row {i}; scores must be in [0, 1]")
+            raise ValueError(
+                f"detector {name!r} returned {score} at row {i}; scores must be in [0, 1]"
+            )
         scores[i] = _printed(score)
     return scores
 
@@ -77,9 +77,9 @@ class CorpusRun:
     seconds: float
 
 
-def plan_jobs(detector: str, data_dir: Path, windows: Windows, out_dir: Path) -> tuple[
-    list[DetectionJob], list[str]
-]:
+def plan_jobs(
+    detector: str, data_dir: Path, windows: Windows, out_dir: Path
+) -> tuple[list[DetectionJob], list[str]]:
     """One job per data file the labels know; the others are returned as skipped (NAB does so)."""
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data directory not found: {data_dir}")
@@ -172,11 +172,3 @@ def run_corpus(
         rows=sum(o.rows for o in outcomes.values()),
         seconds=time.perf_counter() - started,
     )
-
-
-def rows_per_second(run: CorpusRun) -> float:
-    return run.rows / run.seconds if run.seconds > 0 else math.inf
-
-
-def relative_paths(files: Sequence[ScoredFile]) -> list[str]:
-    return [f.relative_path for f in files]

@@ -96,7 +96,9 @@ def threshold_curve(
     is_last = np.ones(sorted_scores.size, dtype=bool)
     is_last[:-1] = sorted_scores[1:] != sorted_scores[:-1]
     start = -cost.fn_weight * n_windows
-    top = max(NO_DETECTION, float(np.nextafter(sorted_scores[0], np.inf))) if all_scores.size else 1.1
+    top = (
+        max(NO_DETECTION, float(np.nextafter(sorted_scores[0], np.inf))) if all_scores.size else 1.1
+    )
     thresholds = np.concatenate([[top], sorted_scores[is_last]])
     tp = np.concatenate([[0], tp_cumulative[is_last]]).astype(np.int64)
     fp = np.concatenate([[0], fp_cumulative[is_last]]).astype(np.int64)

@@ -1,0 +1,307 @@
+"""The NAB scorer reproduces NAB's published figures exactly, sweeps thresholds as NAB does,
+and normalises null to 0 and perfect to 100; `vigil eval nab` and `nab-score` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from bench.eval_cli import app
+from bench.nab.corpus import (
+    read_profiles,
+    read_published_scores,
+    read_result_series,
+    read_results_corpus,
+    read_thresholds,
+    read_windows,
+)
+from bench.nab.evaluation import ScoredFile, layouts_for, score_corpus
+from bench.nab.scoring import (
+    NAB_PROFILES,
+    CostMatrix,
+    layout_file,
+    probation_length,
+    scaled_sigmoid,
+    score_file,
+)
+from bench.nab.sweep import NO_DETECTION, threshold_curve
+
+PUBLISHED_DETECTORS = ["numenta", "windowedGaussian"]
+
+
+def nab_root(shared_data: Path) -> Path:
+    return shared_data / "nab"
+
+
+def printed_precision(published: np.ndarray) -> np.ndarray:
+    """Half a unit of the 12th significant digit: how far NAB's printed value may be off."""
+    magnitude = np.where(published == 0, 1.0, np.abs(published))
+    return 0.5 * 10.0 ** (np.floor(np.log10(magnitude)) - 11) * (1 + 1e-9)
+
+
+def assert_printed_equal(
+    mine: np.ndarray | float, published: np.ndarray | float, what: str
+) -> None:
+    mine_a = np.atleast_1d(np.asarray(mine, dtype=np.float64))
+    pub_a = np.atleast_1d(np.asarray(published, dtype=np.float64))
+    exact_zero = pub_a == 0
+    assert np.array_equal(mine_a[exact_zero], pub_a[exact_zero]), f"{what}: zeros differ"
+    off = np.abs(mine_a - pub_a) > printed_precision(pub_a)
+    assert not off.any(), (
+        f"{what}: rows {np.flatnonzero(off)[:5]} {mine_a[off][:5]} vs {pub_a[off][:5]}"
+    )
+
+
+@pytest.mark.parametrize("detector", PUBLISHED_DETECTORS)
+def test_reproduces_nab_published_rows_and_file_scores(shared_data: Path, detector: str) -> None:
+    root = nab_root(shared_data)
+    windows = read_windows(root / "labels" / "combined_windows.json")
+    profiles = read_profiles(root / "config" / "profiles.json")
+    thresholds = read_thresholds(root / "config" / "thresholds.json", detector)
+    results = read_results_corpus(root / "results", detector)
+    assert len(results) == 42
+    assert set(profiles) == set(NAB_PROFILES)
+    for name, cost in profiles.items():
+        assert NAB_PROFILES[name] == cost
+        published = read_published_scores(
+            root / "results" / detector / f"{detector}_{name}_scores.csv"
+        )
+        assert set(published) == {r.relative_path for r in results}
+        for series in results:
+            layout = layout_file(series.timestamps, windows[series.relative_path])
+            assert series.labels is not None
+            assert np.array_equal(layout.labels.astype(np.int64), series.labels)
+            mine = score_file(layout, series.anomaly_scores, thresholds[name], cost)
+            theirs = published[series.relative_path]
+            where = f"{detector}/{name}/{series.relative_path}"
+            assert (mine.tp, mine.tn, mine.fp, mine.fn, mine.total) == (
+                theirs.tp,
+                theirs.tn,
+                theirs.fp,
+                theirs.fn,
+                theirs.total,
+            ), where
+            assert_printed_equal(mine.score, theirs.score, where + " Score")
+            assert_printed_equal(thresholds[name], theirs.threshold, where + " Threshold")
+            assert_printed_equal(mine.row_scores, series.row_scores[name], where + " S(t)")
+
+
+def _tiny_file() -> tuple[np.ndarray, list[tuple[np.datetime64, np.datetime64]]]:
+    timestamps = np.datetime64("2020-01-01T00:00") + np.arange(20) * np.timedelta64(1, "m")
+    return timestamps, [(timestamps[10], timestamps[13])]
+
+
+def sigmoid_reward(position: float) -> float:
+    """The scaled sigmoid written out: 2 / (1 + e^(5 p)) - 1."""
+    return 2.0 / (1.0 + math.exp(5.0 * position)) - 1.0
+
+
+def test_threshold_sweep_on_a_hand_made_file() -> None:
+    timestamps, windows = _tiny_file()
+    layout = layout_file(timestamps, windows, probation_percent=0.0)
+    cost = CostMatrix(tp_weight=1.0, fp_weight=0.11, fn_weight=1.0)
+    scores = np.full(20, 0.1)
+    scores[5] = 0.9  # before the window: a plain false positive
+    scores[11] = 0.7  # second row of the four-row window
+    scores[16] = 0.5  # three rows after the window's last row
+    max_tp = sigmoid_reward(-1.0)
+    fp_before = -0.11
+    tp_row_11 = sigmoid_reward(-(13 - 11 + 1) / 4) / max_tp
+    fp_row_16 = 0.11 * sigmoid_reward(abs(13 - 16) / 3)
+
+    curve = threshold_curve([(layout, scores)], cost)
+
+    assert curve.thresholds.tolist() == [NO_DETECTION, 0.9, 0.7, 0.5, 0.1]
+    expected_top = [
+        -1.0,
+        -1.0 + fp_before,
+        fp_before + tp_row_11,
+        fp_before + tp_row_11 + fp_row_16,
+    ]
+    np.testing.assert_allclose(curve.scores[:4], expected_top, rtol=0, atol=1e-12)
+    # at 0.1 every row fires: the window pays its first row, every other row outside costs
+    everything = 1.0 + sum(
+        fp_before if i < 10 else 0.11 * sigmoid_reward(abs(13 - i) / 3)
+        for i in range(20)
+        if not 10 <= i <= 13
+    )
+    assert curve.scores[4] == pytest.approx(everything, abs=1e-12)
+    assert curve.tp.tolist() == [0, 0, 1, 1, 4] and curve.fp.tolist() == [0, 1, 1, 2, 16]
+    assert (curve.tn + curve.fp).tolist() == [16] * 5 and (curve.tp + curve.fn).tolist() == [4] * 5
+    best_threshold, best_score = curve.best()
+    assert best_threshold == 0.7 and best_score == pytest.approx(fp_before + tp_row_11)
+    # the curve agrees with scoring the file directly at every threshold
+    for threshold, score in zip(curve.thresholds, curve.scores, strict=True):
+        assert score_file(layout, scores, threshold, cost).score == pytest.approx(score, abs=1e-12)
+
+
+def test_only_the_first_detection_in_a_window_counts_and_probation_is_ignored() -> None:
+    timestamps, windows = _tiny_file()
+    cost = NAB_PROFILES["standard"]
+    layout = layout_file(timestamps, windows, probation_percent=0.0)
+    one = np.zeros(20)
+    one[11] = 1.0
+    three = one.copy()
+    three[[12, 13]] = 1.0
+    assert score_file(layout, three, 0.5, cost).score == score_file(layout, one, 0.5, cost).score
+    assert score_file(layout, three, 0.5, cost).tp == 3
+    # with a 30% probation the first 6 rows are never scored: a detection there costs nothing
+    probation_layout = layout_file(timestamps, windows, probation_percent=0.3)
+    assert probation_layout.probation == probation_length(20, 0.3) == 6
+    early = np.zeros(20)
+    early[2] = 1.0
+    assert score_file(probation_layout, early, 0.5, cost).score == -cost.fn_weight
+    assert score_file(layout, early, 0.5, cost).score == -cost.fn_weight - cost.fp_weight
+    # ties in the sweep go to the highest threshold
+    tied = np.zeros(20)
+    tied[11] = 0.8
+    tied[3] = 0.2  # lowering the threshold to 0.2 only adds a false positive
+    curve = threshold_curve([(layout, tied)], cost)
+    assert curve.best()[0] == 0.8
+
+
+def test_scaled_sigmoid_landmarks() -> None:
+    assert scaled_sigmoid(-1.0) == pytest.approx(0.98661, abs=1e-5)
+    assert scaled_sigmoid(0.0) == 0.0
+    assert scaled_sigmoid(3.5) == -1.0
+
+
+def _corpus(shared_data: Path) -> tuple[list[ScoredFile], dict]:
+    root = nab_root(shared_data)
+    windows = read_windows(root / "labels" / "combined_windows.json")
+    results = read_results_corpus(root / "results", "numenta")
+    return [ScoredFile(r.relative_path, r.timestamps, r.anomaly_scores) for r in results], windows
+
+
+def test_normalisation_null_is_zero_and_perfect_is_one_hundred(shared_data: Path) -> None:
+    files, windows = _corpus(shared_data)
+    layouts = layouts_for(files, windows)
+    silent = [ScoredFile(f.relative_path, f.timestamps, np.zeros(f.timestamps.size)) for f in files]
+    perfect = []
+    for f in files:
+        scores = np.zeros(f.timestamps.size)
+        scores[[span.first for span in layouts[f.relative_path].spans]] = 1.0
+        perfect.append(ScoredFile(f.relative_path, f.timestamps, scores))
+    for result in score_corpus(silent, windows, NAB_PROFILES).values():
+        assert result.normalised == 0.0 and result.threshold == NO_DETECTION
+    for result in score_corpus(perfect, windows, NAB_PROFILES).values():
+        assert result.normalised == pytest.approx(100.0, abs=1e-9) and result.threshold == 1.0
+        assert result.counts()["fp"] == 0
+
+
+def test_corpus_sweep_agrees_with_direct_scoring_and_beats_fixed_thresholds(
+    shared_data: Path,
+) -> None:
+    files, windows = _corpus(shared_data)
+    layouts = layouts_for(files, windows)
+    thresholds = read_thresholds(nab_root(shared_data) / "config" / "thresholds.json", "numenta")
+    rng = np.random.default_rng(7)
+    for name, cost in NAB_PROFILES.items():
+        curve = threshold_curve([(layouts[f.relative_path], f.anomaly_scores) for f in files], cost)
+        picks = [*rng.choice(curve.thresholds, size=6, replace=False).tolist(), thresholds[name]]
+        for threshold in picks:
+            direct = sum(
+                score_file(layouts[f.relative_path], f.anomaly_scores, threshold, cost).score
+                for f in files
+            )
+            assert curve.at(threshold) == pytest.approx(direct, rel=1e-11, abs=1e-9)
+        fixed = score_corpus(files, windows, {name: cost}, {name: thresholds[name]})[name]
+        optimised = score_corpus(files, windows, {name: cost})[name]
+        assert optimised.optimised and not fixed.optimised
+        assert optimised.raw == pytest.approx(curve.best()[1], abs=1e-9)
+        assert optimised.raw >= fixed.raw - 1e-9
+
+
+def _last_json(output: str) -> dict:
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def test_nab_score_command_prints_the_corpus_scores(shared_data: Path) -> None:
+    root = nab_root(shared_data)
+    args = [
+        "nab-score",
+        "--results", str(root / "results"),
+        "--labels", str(root / "labels" / "combined_windows.json"),
+        "--detector", "numenta",
+        "--thresholds", str(root / "config" / "thresholds.json"),
+        "--json",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    payload = _last_json(result.stdout)
+    files, windows = _corpus(shared_data)
+    thresholds = read_thresholds(root / "config" / "thresholds.json", "numenta")
+    expected = score_corpus(files, windows, NAB_PROFILES, thresholds)
+    assert payload["files"] == 42 and payload["threshold_source"] == "given"
+    assert payload["scores"] == pytest.approx({k: v.normalised for k, v in expected.items()})
+    assert payload["thresholds"] == thresholds
+
+
+def test_nab_score_command_reports_bad_input_clearly(tmp_path: Path) -> None:
+    labels = tmp_path / "windows.json"
+    labels.write_text("{}")
+    result = CliRunner().invoke(
+        app,
+        ["nab-score", "--results", str(tmp_path), "--labels", str(labels), "--detector", "nope"],
+    )
+    assert result.exit_code == 2
+    assert "no results for detector 'nope'" in result.output
+
+
+SMALL_FILES = ["realAdExchange/exchange-2_cpc_results.csv", "realTraffic/speed_7578.csv"]
+
+
+def test_nab_command_runs_windowed_gaussian_like_nab_did(shared_data: Path, tmp_path: Path) -> None:
+    """Our windowed Gaussian, run and scored by `vigil eval nab`, gives NAB's published files."""
+    root = nab_root(shared_data)
+    data = tmp_path / "data"
+    for relative in SMALL_FILES:
+        (data / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "data" / relative, data / relative)
+    # NAB's thresholds.json names the detector windowedGaussian; ours is windowed-gaussian
+    nab_thresholds = json.loads((root / "config" / "thresholds.json").read_text())
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps({"windowed-gaussian": nab_thresholds["windowedGaussian"]}))
+    args = [
+        "nab",
+        "--data", str(data),
+        "--labels", str(root / "labels" / "combined_windows.json"),
+        "--out", str(tmp_path / "results"),
+        "--detector", "windowed-gaussian",
+        "--thresholds", str(thresholds),
+        "--workers", "2", "--no-progress", "--report", str(tmp_path / "report"), "--plots", "1",
+        "--json",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    payload = _last_json(result.stdout)
+    assert payload["files"] == len(SMALL_FILES) and payload["skipped"] == []
+    assert (tmp_path / "report" / "nab_windowed-gaussian.md").is_file()
+    assert list((tmp_path / "report").glob("*.png"))
+    for relative in SMALL_FILES:
+        category, name = relative.split("/")
+        ours = read_result_series(
+            tmp_path / "results" / "windowed-gaussian" / category / f"windowed-gaussian_{name}",
+            relative,
+        )
+        published = read_result_series(
+            root / "results" / "windowedGaussian" / category / f"windowedGaussian_{name}", relative
+        )
+        np.testing.assert_allclose(
+            ours.anomaly_scores, published.anomaly_scores, rtol=0, atol=1.01e-12
+        )
+        assert ours.labels is not None and published.labels is not None
+        assert np.array_equal(ours.labels, published.labels)
+        for profile in NAB_PROFILES:
+            table = read_published_scores(
+                root / "results" / "windowedGaussian" / f"windowedGaussian_{profile}_scores.csv"
+            )
+            expected = sum(table[r].score for r in SMALL_FILES)
+            raw = payload["profiles"][profile]["raw"]
+            assert raw == pytest.approx(expected, abs=1e-5)
