@@ -184,6 +184,10 @@ def mqtt(
         str,
         typer.Option(help="fixed id = persistent session: the broker keeps messages while down"),
     ] = "",
+    protocol: Annotated[str, typer.Option(help="MQTT version: 5 or 3.1.1")] = "5",
+    receive_maximum: Annotated[
+        int, typer.Option(help="MQTT 5: unacknowledged messages the broker may send at once")
+    ] = 1000,
     username: Annotated[str, typer.Option(help="MQTT user name")] = "",
     password: Annotated[str, typer.Option(envvar="VIGIL_MQTT_PASSWORD", help="MQTT password")] = "",
     kafka_topic: KafkaTopic = "",
@@ -195,6 +199,9 @@ def mqtt(
     from connectors.mqtt_bridge import MqttBridge
     from connectors.producer import RecordProducer
 
+    versions = {"5": 5, "3.1.1": 4, "311": 4}
+    if protocol not in versions:
+        raise _fail(f"--protocol must be 5 or 3.1.1, got {protocol!r}")
     settings = _settings()
     target = kafka_topic or settings.topics.readings
     holder: dict[str, MqttBridge] = {}
@@ -210,6 +217,8 @@ def mqtt(
                 key_template=key_template or None,
                 qos=qos,
                 client_id=client_id or None,
+                protocol=versions[protocol],
+                receive_maximum=receive_maximum,
                 username=username or None,
                 password=password or None,
                 topic=target,

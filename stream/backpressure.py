@@ -76,6 +76,7 @@ class PartitionThrottle:
                 self.app.consumer.pause_partitions(self.paused)
                 self.paused_at = self.clock()
                 self.pauses += 1
+                self.metrics.backpressure_pauses.inc()
                 log.debug("backpressure: paused %s", sorted(self.paused))
         self.metrics.paused_partitions.set(len(self.paused))
 

@@ -13,6 +13,10 @@ from prometheus_client.metrics_core import Metric
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+# Finer around the batch latency target (tens of ms), so p99 under overload is readable.
+IN_WORKER_BUCKETS = (
+    0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0
+)  # fmt: skip
 
 
 class _DefaultRegistryBridge:
@@ -78,6 +82,16 @@ class VigilMetrics:
         self.drift_events = Counter("vigil_drift_events", "Drift detected", ["group"], registry=r)
         self.state_writes = Counter(
             "vigil_state_writes", "Per-key states written to Redis", registry=r
+        )
+        self.in_worker = Histogram(
+            "vigil_in_worker_seconds",
+            "From Faust handing the event to the agent (message.time_in) to its outputs delivered;"
+            " excludes time waiting in Kafka, so it shows whether backpressure bounds buffering",
+            buckets=IN_WORKER_BUCKETS,
+            registry=r,
+        )
+        self.backpressure_pauses = Counter(
+            "vigil_backpressure_pauses", "Times backpressure paused partitions", registry=r
         )
         r.register(_DefaultRegistryBridge())  # type: ignore[arg-type]
 

@@ -186,6 +186,7 @@ class VigilStream:
         if sends:
             await asyncio.gather(*sends)  # delivered before the state that assumes them is saved
         sent = time.time()
+        self._observe_in_worker(events)
         for runtime, output, states in outputs:
             touched = {(runtime.group.name, key): states[key].to_dict() for key in output.touched}
             await self.store.save(touched, output.predictions)
@@ -259,6 +260,15 @@ class VigilStream:
                 await self._dead_letter(rejection, m.topic, m.partition, m.offset, m.key, m.value)
             )
         await asyncio.gather(*sends)
+
+    def _observe_in_worker(self, events: Sequence[EventT]) -> None:
+        """Time since Faust handed each event to the agent (its monitor's monotonic clock)."""
+        now = time.monotonic()
+        observe = self.metrics.in_worker.observe
+        for event in events:
+            time_in = event.message.time_in
+            if time_in is not None:
+                observe(max(0.0, now - time_in))
 
     def _count(
         self, group: str, output: BatchOutput, raw: dict[tuple[str, int, int], Any], sent: float

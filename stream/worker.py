@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import torch
 from faust import Worker
 
 from stream.topology import VigilStream
@@ -16,6 +17,7 @@ def run_worker(
     settings: VigilSettings, *, loglevel: str = "info", web_port: int | None = None
 ) -> None:
     """Block until the worker stops (SIGTERM/SIGINT hand partitions over cleanly)."""
+    torch.set_num_threads(settings.torch_threads)
     asyncio.run(ensure_topics(settings))
     stream = VigilStream(settings, web_port=web_port)
     logging.getLogger("vigil").setLevel(loglevel.upper())

@@ -320,3 +320,14 @@ def test_normalizer_max_count_follows_a_moving_level() -> None:
         tracking.update([value])
     assert frozen.mean[0] < 30.0
     assert tracking.mean[0] > 99.0
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_window_mode_trains_every_parameter(kind: str) -> None:
+    config = small_config(kind, dropout=0.2)
+    model = build_forecaster(config, seed=5).train()
+    windows = torch.randn(4, config.window, config.input_size)
+    loss = model(windows).pow(2).mean()
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name

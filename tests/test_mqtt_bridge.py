@@ -146,14 +146,18 @@ async def test_bridge_forwards_readings_and_dead_letters(
     assert (stats.readings, stats.dead_letters) == (21, 2)
 
 
+@pytest.mark.parametrize("protocol", [5, 4], ids=["mqtt5", "mqtt311"])
 async def test_persistent_session_delivers_what_arrived_while_the_bridge_was_down(
     settings: VigilSettings,
     mosquitto: int,  # noqa: F811
+    protocol: int,
 ) -> None:
     await ensure_topics(settings)
     client_id = f"bridge-{settings.app_id}"
     async with RecordProducer(settings) as producer:
-        first = MqttBridge(producer, port=mosquitto, patterns=["plant/#"], client_id=client_id)
+        first = MqttBridge(
+            producer, port=mosquitto, patterns=["plant/#"], client_id=client_id, protocol=protocol
+        )
         task = await start_bridge(first)  # registers the session and its subscription
         first.stop()
         await task
@@ -164,7 +168,9 @@ async def test_persistent_session_delivers_what_arrived_while_the_bridge_was_dow
         finally:
             client.loop_stop()
             client.disconnect()
-        second = MqttBridge(producer, port=mosquitto, patterns=["plant/#"], client_id=client_id)
+        second = MqttBridge(
+            producer, port=mosquitto, patterns=["plant/#"], client_id=client_id, protocol=protocol
+        )
         task = asyncio.create_task(second.run())
         try:
             records = await read_topic(settings, settings.topics.readings, expect=6)

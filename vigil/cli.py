@@ -120,6 +120,19 @@ def demo(
     sys.exit(run_demo(settings_or_exit(), speedup=speedup, seconds=seconds, keep_up=keep_up))
 
 
+@app.command("settings")
+def show_settings(
+    table: Annotated[bool, typer.Option("--table", help="every variable with its default")] = False,
+) -> None:
+    """Print the effective settings as JSON (secrets masked), or the table of all variables."""
+    if table:
+        from vigil.settings_table import markdown_table
+
+        typer.echo(markdown_table())
+        return
+    typer.echo(settings_or_exit().model_dump_json(indent=2))
+
+
 def _register_subcommands() -> None:
     from bench.cli import app as bench_app
     from bench.eval_cli import app as eval_app

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 ENV_PREFIX = "VIGIL_"
 CONFIG_FILE_VARIABLE = "VIGIL_CONFIG"
@@ -254,6 +256,9 @@ class VigilSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="torch device; auto = CUDA when present, else CPU"
     )
+    torch_threads: int = Field(
+        1, ge=1, le=256, description="intra-op threads for torch; 1 leaves a core to the event loop"
+    )
     web_port: int = Field(6066, ge=1, le=65535, description="worker web server: health, metrics")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     topics: TopicNames = Field(default_factory=TopicNames)
@@ -330,8 +335,9 @@ class VigilSettings(BaseSettings):
 
     def group_for(self, key: str, topic: str | None = None) -> ModelGroup | None:
         """The first group that serves this key on this topic (groups without topics: readings)."""
+        topic = topic or self.topics.readings
         for group in self.groups:
-            if not group.topics and topic not in (None, self.topics.readings):
+            if not group.topics and topic != self.topics.readings:
                 continue
             if group.serves(key, topic):
                 return group
@@ -387,7 +393,9 @@ def load_settings(**overrides: Any) -> VigilSettings:
             for err in exc.errors()
         ]
         raise ConfigError("invalid Vigil configuration:\n  " + "\n  ".join(problems)) from None
-    except ValueError as exc:  # JSON in a complex variable that does not parse
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"invalid Vigil configuration: {exc}") from None
+    except ConfigError:
+        raise
+    except (ValueError, SettingsError) as exc:  # JSON in a complex variable that does not parse
+        field = re.search(r'field "(\w+)"', str(exc))
+        where = f"{ENV_PREFIX}{field.group(1).upper()}: " if field else ""
+        raise ConfigError(f"invalid Vigil configuration:\n  {where}not valid JSON ({exc})") from None

@@ -1,0 +1,251 @@
+"""Replay a recorded series through the stream's own logic, without Kafka: evaluate what is deployed.
+
+:class:`ReplayHarness` wires one model group the way :class:`stream.group_runtime.GroupRuntime`
+does and feeds readings to :meth:`stream.series_processor.SeriesProcessor.process`, the very
+method the Faust agent calls. Same model (``build_forecaster(group.model, seed)``), same
+:class:`~models.inference.InferenceEngine`, same per-key :class:`~stream.key_state.KeyState`
+(normaliser, window, scorer, incidents, conformal intervals, drift, training admission), same
+:class:`~models.replay.ReplayBuffer` and :class:`~models.training.OnlineTrainer` with its
+shadow evaluation, and a promoted candidate is swapped into the engine as ``_on_promote`` does.
+
+What differs from the live stream, and why:
+
+* **Training runs in the caller's thread, between chunks.** The live trainer thread runs a round
+  when ``new_examples_per_round`` examples arrived and it is free, so how often the model
+  changes depends on wall-clock speed. Here a round runs after every ``round_every`` new
+  examples (default ``training.batch_size``, the live trainer's own ``new_examples_per_round``),
+  checked after each chunk, so a replay is deterministic and independent of machine speed.
+* **Inference calls** ``engine.predict`` **directly**, not through the ``BatchScheduler``: the
+  scheduler only gathers requests from many agents into one forward pass, and the processor
+  already sends all windows of a chunk in one call. The harness's private event loop serves
+  nothing else, so running torch on it blocks nobody.
+* **No registry, no Kafka, no Redis**: versions are the weights' digests, outputs are returned.
+
+No look-ahead: events go in time order, in chunks of ``chunk_size``. Within a chunk every
+forecast comes from a window of earlier rows and from the model as it was before the chunk;
+training examples of a chunk reach the trainer only after the whole chunk is scored. So the
+outputs for row ``t`` depend on rows ``<= t`` only (``tests/test_replay_harness.py`` checks it
+by perturbing the rows after ``t``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from models.device import DevicePreference, select_device
+from models.forecaster import Forecaster, build_forecaster
+from models.inference import InferenceEngine
+from models.replay import ReplayBuffer
+from models.training import OnlineTrainer, RoundResult
+from stream.key_state import KeyState
+from stream.series_processor import BatchOutput, SeriesProcessor
+from stream.validation import InputEvent
+from vigil.records import Alert, Reading
+from vigil.settings import ModelGroup
+
+__all__ = ["DEFAULT_CHUNK", "REPLAY_TOPIC", "ReplayHarness", "ReplayResult", "TrainingSummary"]
+
+DEFAULT_CHUNK = 256  # events per SeriesProcessor.process call: one forward pass each
+REPLAY_TOPIC = "replay"
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """What online training did during the replay."""
+
+    rounds: int = 0
+    promotions: int = 0
+    steps: int = 0
+    examples: int = 0
+    rejections: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """Per input row, what the stream published for it (NaN / False where it published nothing:
+    the key's window was still filling, or the row was rejected, see ``rejected``).
+
+    ``forecasts[t, h]`` is the forecast of the value ``h + 1`` rows after row ``t`` made when row
+    ``t`` arrived (raw units, first channel), ``lower`` / ``upper`` its conformal interval.
+    """
+
+    scores: FloatArray  # [N]
+    anomaly: npt.NDArray[np.bool_]  # [N]
+    forecasts: FloatArray  # [N, H]
+    lower: FloatArray  # [N, H]
+    upper: FloatArray  # [N, H]
+    rejected: dict[int, str]  # row -> rejection code (duplicate, late, shape, ...)
+    alerts: list[Alert]
+    versions: list[str]  # model version that served each chunk, in order
+    training: TrainingSummary
+
+
+class ReplayHarness:
+    """One model group replayed offline through :class:`SeriesProcessor` (see module doc).
+
+    A harness keeps its model, trainer and key states between calls, so several calls to
+    :meth:`replay` continue one stream (row numbers and offsets carry on).
+    """
+
+    def __init__(
+        self,
+        group: ModelGroup,
+        *,
+        train: bool = True,
+        seed: int = 0,
+        device: DevicePreference = "cpu",
+        chunk_size: int = DEFAULT_CHUNK,
+        round_every: int | None = None,
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        if round_every is not None and round_every < 1:
+            raise ValueError(f"round_every must be at least 1, got {round_every}")
+        self.group = group
+        self.chunk_size = chunk_size
+        self.device = select_device(device)
+        model = build_forecaster(group.model, seed)
+        self.engine = InferenceEngine(model, self.device)
+        self.processor = SeriesProcessor(group, self._predict, lambda: self.engine.version)
+        self.states: dict[str, KeyState] = {}
+        training = group.training
+        self.round_every = round_every or training.batch_size
+        self.buffer: ReplayBuffer | None = None
+        self.trainer: OnlineTrainer | None = None
+        if train and training.enabled:
+            # As GroupRuntime.start: the trainer takes the model the engine copied.
+            self.buffer = ReplayBuffer(
+                training.replay_capacity, training.recent_fraction, training.holdout_size, seed=seed
+            )
+            self.trainer = OnlineTrainer(
+                model, self.buffer, training, self._on_promote, group=group.name
+            )
+        self._offset = 0
+        self._at_last_round = 0
+
+    # ---- the stream's hooks --------------------------------------------------------------
+    async def _predict(self, windows: np.ndarray) -> np.ndarray:
+        return self.engine.predict(windows)
+
+    def _on_promote(self, candidate: object, metrics: dict[str, object]) -> None:
+        """As GroupRuntime._on_promote, minus the registry: the winner serves from now on."""
+        assert isinstance(candidate, Forecaster)
+        self.engine.swap(candidate)
+
+    def _learn(self, output: BatchOutput) -> list[RoundResult]:
+        """As GroupRuntime.learn, with the trainer's rounds run here instead of on its thread."""
+        if self.trainer is None or self.buffer is None:
+            return []
+        for example in output.examples:
+            self.buffer.add(example.window, example.target)
+        if output.lr_scale is not None:
+            self.trainer.set_lr_scale(output.lr_scale)
+        # One round per ``round_every`` examples, however many arrived in this chunk.
+        due = (self.buffer.added - self._at_last_round) // self.round_every
+        self._at_last_round += due * self.round_every
+        if not self.trainer.ready():
+            return []
+        return [self.trainer.run_round() for _ in range(due)]
+
+    # ---- feeding -------------------------------------------------------------------------
+    def events(
+        self,
+        timestamps: Sequence[float] | npt.ArrayLike,
+        values: npt.ArrayLike,
+        key: str = "series",
+    ) -> list[InputEvent]:
+        """Readings as the stream would decode them: one event per row, offsets continuing.
+
+        ``values`` is ``[N]`` or ``[N, F]`` (F = the group's channels, in order); NaN is a
+        missing value (sent as null). ``timestamps`` are seconds since the epoch.
+        """
+        stamps = np.asarray(timestamps, dtype=np.float64)
+        array = np.asarray(values, dtype=np.float64)
+        if array.ndim == 1:
+            array = array[:, None]
+        channels = self.group.model.input_size
+        if array.ndim != 2 or array.shape[1] != channels:
+            raise ValueError(f"values must be [N] or [N, {channels}], got {array.shape}")
+        if stamps.shape != (array.shape[0],):
+            raise ValueError(f"{stamps.size} timestamps for {array.shape[0]} rows")
+        names = self.group.channels
+        events = []
+        for ts, row in zip(stamps.tolist(), array.tolist(), strict=True):
+            cells = [v if math.isfinite(v) else None for v in row]
+            if names:
+                reading = Reading.model_validate({"timestamp": ts, "values": dict(zip(names, cells, strict=True))})
+            else:
+                reading = Reading.model_validate({"timestamp": ts, "value": cells[0]})
+            events.append(InputEvent(key, reading, REPLAY_TOPIC, 0, self._offset))
+            self._offset += 1
+        return events
+
+    def process(self, events: list[InputEvent]) -> BatchOutput:
+        """One ``SeriesProcessor.process`` call, then training as the live stream would do it."""
+        output = asyncio.run(self.processor.process(events, self.states))
+        self._learn(output)
+        return output
+
+    def replay(
+        self,
+        timestamps: Sequence[float] | npt.ArrayLike,
+        values: npt.ArrayLike,
+        key: str = "series",
+    ) -> ReplayResult:
+        """Feed one series in chunks; per row, what the stream published for it."""
+        events = self.events(timestamps, values, key)
+        first = events[0].offset if events else self._offset
+        n = len(events)
+        horizon = self.group.model.horizon
+        scores = np.full(n, np.nan)
+        anomaly = np.zeros(n, dtype=bool)
+        forecasts = np.full((n, horizon), np.nan)
+        lower = np.full((n, horizon), np.nan)
+        upper = np.full((n, horizon), np.nan)
+        rejected: dict[int, str] = {}
+        alerts: list[Alert] = []
+        versions: list[str] = []
+        for start in range(0, n, self.chunk_size):
+            versions.append(self.engine.version)
+            output = self.process(events[start : start + self.chunk_size])
+            for prediction in output.predictions:
+                row = prediction.provenance.offset - first
+                scores[row] = prediction.score
+                anomaly[row] = prediction.anomaly
+                forecasts[row] = prediction.forecast
+                lower[row] = prediction.lower
+                upper[row] = prediction.upper
+            for event, rejection in output.rejected:
+                rejected[event.offset - first] = rejection.code
+            alerts.extend(output.alerts)
+        return ReplayResult(
+            scores=scores,
+            anomaly=anomaly,
+            forecasts=forecasts,
+            lower=lower,
+            upper=upper,
+            rejected=rejected,
+            alerts=alerts,
+            versions=versions,
+            training=self.training_summary(),
+        )
+
+    def training_summary(self) -> TrainingSummary:
+        if self.trainer is None or self.buffer is None:
+            return TrainingSummary()
+        stats = self.trainer.stats
+        return TrainingSummary(
+            rounds=stats.rounds,
+            promotions=stats.promotions,
+            steps=stats.steps,
+            examples=self.buffer.added,
+            rejections=stats.rejections,
+        )
