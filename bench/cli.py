@@ -32,3 +32,38 @@ def inference(
     print_report(result)
     if json_output:
         typer.echo(json.dumps(result.to_json()))
+
+
+@app.command("pipeline")
+def pipeline(
+    json_output: Annotated[
+        bool, typer.Option("--json", help="also print one JSON object as the last line")
+    ] = False,
+    keys: Annotated[int, typer.Option(help="series (Kafka keys) in the traffic")] = 32,
+    events_per_key: Annotated[int, typer.Option(help="backlog readings per key")] = 600,
+    latency_seconds: Annotated[float, typer.Option(help="length of the half-load phase")] = 20.0,
+    overload_seconds: Annotated[float, typer.Option(help="length of each overload phase")] = 12.0,
+    small_model: Annotated[
+        bool, typer.Option("--small-model", help="also measure a small model's max throughput")
+    ] = False,
+) -> None:
+    """End to end on the local broker: max events/s vs a bare Faust passthrough, latency at half
+    load, and overload at 1.5x and 2x capacity (in-worker latency, pauses, lag, nothing lost)."""
+    import json
+
+    from bench.pipeline import PipelinePlan, print_report, run_pipeline_bench, small_model_group
+    from vigil.cli import settings_or_exit
+
+    plan = PipelinePlan(
+        keys=keys,
+        events_per_key=events_per_key,
+        latency_seconds=latency_seconds,
+        overload_seconds=overload_seconds,
+        small_group=small_model_group() if small_model else None,
+    )
+    result = run_pipeline_bench(
+        settings_or_exit(), plan, progress=lambda m: typer.echo(f"… {m}", err=True)
+    )
+    print_report(result)
+    if json_output:
+        typer.echo(json.dumps(result.to_json()))

@@ -13,7 +13,7 @@ Run a worker with ``python -m bench.passthrough``: it forwards ``VIGIL_TOPICS.re
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.web import Request, Response, View
@@ -43,8 +43,11 @@ def build_passthrough_app(settings: VigilSettings) -> faust.App:
     source = app.topic(settings.topics.readings)
     sink = app.topic(settings.topics.predictions)
 
-    async def forward(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(batch.max_size, within=batch.max_wait_ms / 1000):
+    async def forward(stream: faust.StreamT[Any]) -> None:
+        batches = cast(faust.Stream[Any], stream).take_events(
+            batch.max_size, within=batch.max_wait_ms / 1000
+        )
+        async for events in batches:
             sends: list[Any] = []
             for event in events:
                 message = event.message

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -130,6 +131,10 @@ class ReplayHarness:
             )
         self._offset = 0
         self._at_last_round = 0
+        # A private loop, reused: asyncio.run() per chunk would, on Python 3.11, repr the whole
+        # BatchOutput when it restores the SIGINT handler (seconds per chunk of numpy arrays).
+        self._loop = asyncio.new_event_loop()
+        weakref.finalize(self, self._loop.close)
 
     # ---- the stream's hooks --------------------------------------------------------------
     async def _predict(self, windows: np.ndarray) -> np.ndarray:
@@ -181,7 +186,9 @@ class ReplayHarness:
         for ts, row in zip(stamps.tolist(), array.tolist(), strict=True):
             cells = [v if math.isfinite(v) else None for v in row]
             if names:
-                reading = Reading.model_validate({"timestamp": ts, "values": dict(zip(names, cells, strict=True))})
+                reading = Reading.model_validate(
+                    {"timestamp": ts, "values": dict(zip(names, cells, strict=True))}
+                )
             else:
                 reading = Reading.model_validate({"timestamp": ts, "value": cells[0]})
             events.append(InputEvent(key, reading, REPLAY_TOPIC, 0, self._offset))
@@ -190,9 +197,19 @@ class ReplayHarness:
 
     def process(self, events: list[InputEvent]) -> BatchOutput:
         """One ``SeriesProcessor.process`` call, then training as the live stream would do it."""
-        output = asyncio.run(self.processor.process(events, self.states))
+        output = self._loop.run_until_complete(self.processor.process(events, self.states))
         self._learn(output)
         return output
+
+    def close(self) -> None:
+        """Close the private event loop (also done when the harness is garbage-collected)."""
+        self._loop.close()
+
+    def __enter__(self) -> ReplayHarness:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def replay(
         self,

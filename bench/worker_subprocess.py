@@ -41,6 +41,7 @@ def worker_env(settings: VigilSettings, web_port: int) -> dict[str, str]:
             "VIGIL_KAFKA_BOOTSTRAP": settings.bootstrap,
             "VIGIL_REDIS_URL": settings.redis,
             "VIGIL_DEVICE": settings.device,
+            "VIGIL_TORCH_THREADS": str(settings.torch_threads),
             "VIGIL_WEB_PORT": str(web_port),
             "VIGIL_WEBHOOKS": "[]",
         }

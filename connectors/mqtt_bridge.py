@@ -24,7 +24,6 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
-from connectors.null_reading import send_reading
 from connectors.producer import RecordProducer
 from vigil.records import Reading
 
@@ -316,6 +315,6 @@ class MqttBridge:
             )
             self.stats.dead_letters += 1
             return
-        await send_reading(self.producer, key, reading, self.topic)
+        await self.producer.send_reading(key, reading, self.topic)
         self.stats.readings += 1
         self.stats.per_key[key] = self.stats.per_key.get(key, 0) + 1

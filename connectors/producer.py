@@ -6,9 +6,10 @@ after :meth:`RecordProducer.flush` never loses a record it has reported as sent.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from aiokafka import AIOKafkaProducer
 
@@ -39,8 +40,12 @@ def kafka_client_options(settings: VigilSettings) -> dict[str, object]:
     return options
 
 
+class DeliveryError(RuntimeError):
+    """Kafka did not acknowledge some records; the caller must not checkpoint past them."""
+
+
 class RecordProducer:
-    """Async producer of Vigil's wire records; use as ``async with RecordProducer(settings) as p``."""
+    """Async producer of Vigil's wire records: ``async with RecordProducer(settings) as p``."""
 
     def __init__(self, settings: VigilSettings, *, linger_ms: int = 5) -> None:
         self.settings = settings
@@ -49,8 +54,9 @@ class RecordProducer:
             acks="all",
             enable_idempotence=True,
             linger_ms=linger_ms,
-            **kafka_client_options(settings),  # type: ignore[arg-type]
+            **kafka_client_options(settings),
         )
+        self._pending: list[asyncio.Future[Any]] = []
 
     async def __aenter__(self) -> Self:
         await self._producer.start()
@@ -66,12 +72,12 @@ class RecordProducer:
 
     async def send_reading(self, key: str, reading: Reading, topic: str | None = None) -> None:
         """Queue one reading (returns once buffered; call flush() before checkpointing)."""
-        await self._producer.send(
-            topic or self.settings.topics.readings, reading.to_json(), key=key.encode()
-        )
+        await self.send_raw(topic or self.settings.topics.readings, reading.to_json(), key.encode())
 
     async def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-        await self._producer.send(topic, value, key=key)
+        self._pending.append(await self._producer.send(topic, value, key=key))
+        if len(self._pending) >= 4096:  # long-lived senders: forget what was delivered fine
+            self._pending = [f for f in self._pending if not f.done() or f.cancelled() or f.exception()]
 
     async def send_dead_letter(
         self, reason: str, value: bytes, *, topic: str, source: str, key: str | None = None,
@@ -81,11 +87,23 @@ class RecordProducer:
             reason, value, topic=topic, partition=partition, offset=offset, key=key, source=source,
             at=time.time(),
         )  # fmt: skip
-        await self._producer.send(
+        await self.send_raw(
             self.settings.topics.dead_letters,
             letter.model_dump_json().encode(),
-            key=key.encode() if key else None,
+            key.encode() if key else None,
         )
 
     async def flush(self) -> None:
+        """Wait until every record sent so far is acknowledged; raise if any delivery failed.
+
+        aiokafka's own flush() does not raise for a failed batch, so the delivery futures are
+        kept and checked here: a checkpoint taken after flush() never skips a lost record.
+        """
+        pending, self._pending = self._pending, []
         await self._producer.flush()
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise DeliveryError(
+                f"{len(failures)} of {len(pending)} records were not delivered"
+            ) from failures[0]

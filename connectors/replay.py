@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from connectors.checkpoint import CheckpointStore, ReplayCheckpoint
 from connectors.file_formats import ColumnChoice, FileRow, Table, expand_paths, open_table
-from connectors.null_reading import send_reading
 from connectors.pacing import Pacer
 from connectors.producer import RecordProducer
 
@@ -180,7 +179,7 @@ class FileReplay:
     async def _send(self, row: FileRow) -> None:
         progress = self._files[row.path]
         if row.reading is not None and row.key is not None:
-            await send_reading(self.producer, row.key, row.reading, self.topic)
+            await self.producer.send_reading(row.key, row.reading, self.topic)
             progress.readings += 1
             progress.total_readings += 1
         else:

@@ -25,7 +25,6 @@ from typing import Any, Self
 import numpy as np
 from tqdm import tqdm
 
-from connectors.null_reading import send_reading
 from connectors.pacing import Pacer
 from connectors.producer import RecordProducer
 from vigil.records import Reading
@@ -218,7 +217,7 @@ async def send_synthetic(
             for key, reading in series.readings():
                 if (wait := pacer.delay(reading.ts)) > 0:
                     await asyncio.sleep(wait)
-                await send_reading(producer, key, reading, target)
+                await producer.send_reading(key, reading, target)
                 sent += 1
                 bar.update(1)
         finally:

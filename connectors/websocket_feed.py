@@ -21,7 +21,6 @@ from typing import Any, Literal
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from connectors.null_reading import send_reading
 from connectors.producer import RecordProducer
 from vigil.records import Reading, parse_timestamp
 
@@ -271,6 +270,6 @@ class WebSocketFeed:
                 self.stats.dead_letters += 1
                 continue
             key, reading = result
-            await send_reading(self.producer, key, reading, self.topic)
+            await self.producer.send_reading(key, reading, self.topic)
             self.stats.readings += 1
             self.stats.per_key[key] = self.stats.per_key.get(key, 0) + 1

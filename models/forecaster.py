@@ -50,6 +50,11 @@ class Forecaster(nn.Module):
             cell_type(sizes[i], config.hidden_size) for i in range(config.num_layers)
         )
         self.head = nn.Linear(config.hidden_size, config.horizon * config.input_size)
+        if config.residual:
+            # Start as persistence (forecast = last value) and learn the change online: a fresh
+            # group serves sensible forecasts from its first event instead of the running mean.
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     # ---- shape ---------------------------------------------------------------------------
     @property
@@ -89,7 +94,7 @@ class Forecaster(nn.Module):
                 layer_input = self._between_layers(layer_input)
             layer_input, final = cell.sequence(layer_input, _layer_state(state, index))
             finals.append(final)
-        return self._forecast(layer_input[:, -1]), _stack_layers(finals)
+        return self._forecast(layer_input[:, -1], windows[:, -1]), _stack_layers(finals)
 
     # ---- stateful mode -------------------------------------------------------------------
     def initial_state(self, batch: int, device: torch.device | str | None = None) -> State:
@@ -111,7 +116,7 @@ class Forecaster(nn.Module):
                 layer_input = self._between_layers(layer_input)
             layer_input, final = cell(layer_input, _layer_state(state, index))
             finals.append(final)
-        return self._forecast(layer_input), _stack_layers(finals)
+        return self._forecast(layer_input, x), _stack_layers(finals)
 
     # ---- per-key state -------------------------------------------------------------------
     @staticmethod
@@ -212,9 +217,10 @@ class Forecaster(nn.Module):
             return functional.dropout(tensor, self.config.dropout, training=True)
         return tensor
 
-    def _forecast(self, last_hidden: Tensor) -> Tensor:
+    def _forecast(self, last_hidden: Tensor, last_input: Tensor) -> Tensor:
         out = self.head(last_hidden)
-        return out.view(last_hidden.shape[0], self.config.horizon, self.config.input_size)
+        out = out.view(last_hidden.shape[0], self.config.horizon, self.config.input_size)
+        return out + last_input.unsqueeze(1) if self.config.residual else out
 
     def _check_input(self, tensor: Tensor, ndim: int) -> None:
         if tensor.ndim != ndim or tensor.shape[-1] != self.config.input_size:

@@ -25,7 +25,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
 
+from connectors.file_formats import ColumnChoice
 from connectors.producer import RecordProducer
+from connectors.replay import FileReplay
 from vigil import local_services
 from vigil.records import Reading
 from vigil.settings import (
@@ -39,7 +41,7 @@ from vigil.settings import (
 )
 from vigil.topics import ensure_topics
 
-console = Console()
+console = Console(soft_wrap=True)  # one line per record, also in CI logs
 
 
 def demo_groups() -> list[ModelGroup]:
@@ -72,7 +74,7 @@ def sample_readings() -> list[tuple[str, Reading]]:
     rows: list[tuple[str, Reading]] = []
     for name, key in (
         ("nyc_taxi.csv", "sensor.nyc_taxi"),
-        ("ec2_cpu_utilization_5f5533.csv", "sensor.ec2_cpu_5f5533"),
+        ("ec2_cpu_utilization_5f5533.csv", "sensor.ec2_cpu_utilization_5f5533"),
     ):
         with (root / name).open() as handle:
             for row in csv.DictReader(handle):
@@ -111,7 +113,8 @@ def run_demo(settings: VigilSettings, *, speedup: float, seconds: float, keep_up
     )
     run = time.strftime("%Y%m%d-%H%M%S")
     topics = TopicNames(
-        readings=f"demo-{run}.readings", predictions=f"demo-{run}.predictions", alerts=f"demo-{run}.alerts",
+        readings=f"demo-{run}.readings", predictions=f"demo-{run}.predictions",
+        alerts=f"demo-{run}.alerts",
         dead_letters=f"demo-{run}.dead-letters", model_versions=f"demo-{run}.model-versions",
         drift=f"demo-{run}.drift", partitions=4,
     )  # fmt: skip
@@ -153,13 +156,14 @@ def _start_worker(settings: VigilSettings, web_port: int) -> subprocess.Popen[by
         "VIGIL_REDIS_URL": settings.redis,
         "VIGIL_WEB_PORT": str(web_port),
     })  # fmt: skip
-    log = open(Path(settings.local.home) / f"demo-worker-{settings.app_id}.log", "wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "vigil.cli", "worker", "--loglevel", "warning"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    log_path = Path(settings.local.home) / f"demo-worker-{settings.app_id}.log"
+    with open(log_path, "wb") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "vigil.cli", "worker", "--loglevel", "warning"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _wait_ready(worker: subprocess.Popen[bytes], web_port: int, timeout_s: float = 120) -> None:
@@ -173,7 +177,8 @@ def _wait_ready(worker: subprocess.Popen[bytes], web_port: int, timeout_s: float
             try:
                 if httpx.get(f"http://127.0.0.1:{web_port}/ready", timeout=1).status_code == 200:
                     console.print(
-                        f"Worker ready: http://127.0.0.1:{web_port}/ready, /metrics, /predictions/<key>"
+                        f"Worker ready: http://127.0.0.1:{web_port}/ready,"
+                        " /metrics, /predictions/<key>"
                     )
                     return
             except httpx.HTTPError:
@@ -195,13 +200,20 @@ async def _replay_and_watch(
     expected = _expected_predictions(settings, readings)
     watcher = asyncio.create_task(_watch(consumer, tally, labels, expected))
     try:
+        data = Path(str(resources.files("vigil") / "demo_data"))
         async with RecordProducer(settings) as producer:
-            previous = readings[0][1].ts
-            for key, reading in readings:
-                if speedup > 0:
-                    await asyncio.sleep(max(0.0, (reading.ts - previous) / speedup))
-                    previous = reading.ts
-                await producer.send_reading(key, reading)
+            # The file connector, as a user would run it: NAB series keyed by file name,
+            # stock closes keyed by ticker; both replays run side by side.
+            sensors = FileReplay(
+                [data / "nyc_taxi.csv", data / "ec2_cpu_utilization_5f5533.csv"], producer, None,
+                columns=ColumnChoice(values=("value",), key_prefix="sensor."), speed=speedup,
+            )  # fmt: skip
+            market = FileReplay(
+                [data / "stocks_close.csv"], producer, None,
+                columns=ColumnChoice(values=("close",), key_column="Name", key_prefix="market."),
+                speed=speedup,
+            )  # fmt: skip
+            await asyncio.gather(sensors.run(), market.run())
             await producer.flush()
         await asyncio.wait_for(watcher, timeout=seconds)
     except TimeoutError:
@@ -253,7 +265,8 @@ async def _watch(
             _print_alert(record, labels)
         else:
             console.print(
-                f"[magenta]model {record['version']} is live for group {record['group']} ({record['reason']})"
+                f"[magenta]model {record['version']} is live for group {record['group']}"
+                f" ({record['reason']})"
             )
 
 
@@ -264,8 +277,9 @@ def _when(ts: float) -> str:
 def _print_prediction(p: dict) -> None:
     forecast = ", ".join(f"{v:.2f}" for v in p["forecast"][:3])
     console.print(
-        f"[cyan]{p['key']:24}[/] {_when(p['timestamp'])}  observed {p['observed']:>10.2f}  next [{forecast}]"
-        f"  90% [{p['lower'][0]:.2f}, {p['upper'][0]:.2f}]  score {p['score']:.3f}  model {p['provenance']['model_version']}"
+        f"[cyan]{p['key']:24}[/] {_when(p['timestamp'])}  observed {p['observed']:>10.2f}"
+        f"  next [{forecast}]  90% [{p['lower'][0]:.2f}, {p['upper'][0]:.2f}]"
+        f"  score {p['score']:.3f}  model {p['provenance']['model_version']}"
     )
 
 
@@ -274,8 +288,9 @@ def _print_alert(a: dict, labels: dict[str, list[tuple[float, float]]]) -> None:
     labelled = any(lo <= a["start"] <= hi for lo, hi in windows)
     tag = "  [green](inside a NAB-labelled anomaly window)" if labelled else ""
     colour = "red" if a["status"] == "firing" else "green"
+    span = _when(a["start"]) + (f" → {_when(a['end'])}" if a.get("end") else "")
     console.print(
-        f"[bold {colour}]ALERT {a['status']:8}[/] {a['key']:24} {_when(a['start'])}  severity {a['severity']:8}"
+        f"[bold {colour}]ALERT {a['status']:8}[/] {a['key']:24} {span}  severity {a['severity']:8}"
         f" score {a['score']:.4f}  id {a['alert_id']}{tag}"
     )
 

@@ -77,7 +77,10 @@ class VigilMetrics:
             "vigil_inference_queue_depth", "Windows waiting for inference", registry=r
         )
         self.paused_partitions = Gauge(
-            "vigil_paused_partitions", "Partitions paused by backpressure", registry=r
+            "vigil_paused_partitions", "Partitions not fetched while their buffer is full", registry=r
+        )
+        self.partition_pauses = Counter(
+            "vigil_partition_pauses", "Times a partition was paused by backpressure", registry=r
         )
         self.drift_events = Counter("vigil_drift_events", "Drift detected", ["group"], registry=r)
         self.state_writes = Counter(

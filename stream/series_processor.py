@@ -254,7 +254,7 @@ class SeriesProcessor:
                         statistic=float(signal.statistic),
                         lr_scale=state.drift.lr_scale,
                         provenance=provenance,
-                    )  # fmt: skip
+                    )
                 )
             if state.admission.admit(flagged):
                 if step.full and step.snapshot is not None:

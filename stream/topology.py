@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from faust.types import TP, EventT
 
 from connectors.alert_dispatch import AlertDispatcher
-from stream.backpressure import PartitionThrottle
+from stream.backpressure import BufferPressure
 from stream.group_runtime import GroupRuntime
 from stream.key_state import KeyState
 from stream.metrics import VigilMetrics
@@ -75,7 +75,8 @@ class VigilStream:
             producer_acks=-1,
             broker_session_timeout=settings.stream.session_timeout_s,
             broker_heartbeat_interval=max(1.0, settings.stream.session_timeout_s / 4),
-            stream_buffer_maxsize=max(1024, settings.batch.max_size * 4),
+            # the bound on in-worker buffering: a full buffer pauses its busiest partitions
+            stream_buffer_maxsize=max(settings.batch.max_queue, settings.batch.max_size),
             **faust_broker_options(settings),
         )
         self.redis = aioredis.Redis.from_url(settings.redis)
@@ -87,12 +88,7 @@ class VigilStream:
         self.dispatcher = AlertDispatcher(settings, self.redis) if settings.webhooks else None
         self.groups = {g.name: GroupRuntime(g, settings, self.metrics) for g in settings.groups}
         self.states: dict[str, dict[str, KeyState]] = {name: {} for name in self.groups}
-        self.throttle = PartitionThrottle(
-            self.app,
-            settings.batch.max_queue,
-            self.metrics,
-            max_wait_s=2 * settings.batch.latency_target_ms / 1000,
-        )
+        self.pressure = BufferPressure(self.app, self.metrics)
         t = settings.topics
         self.predictions = self.app.topic(t.predictions)
         self.alerts = self.app.topic(t.alerts)
@@ -105,7 +101,7 @@ class VigilStream:
         self.app.service(_GroupServices(self))
         self.app.task(self._watch_loop_lag)
         self.app.timer(5.0)(self._measure_consumer_lag)
-        self.app.timer(0.05)(self._resume_drained)
+        self.app.timer(0.25)(self._watch_pressure)
         from stream.web import add_pages
 
         add_pages(self)
@@ -167,7 +163,6 @@ class VigilStream:
                 )
                 continue
             routed.setdefault(group.name, []).append(decoded)
-        self.throttle.observe(events)
 
         outputs: list[tuple[GroupRuntime, BatchOutput, dict[str, KeyState]]] = []
         for name, group_events in routed.items():
@@ -196,7 +191,6 @@ class VigilStream:
                     await self.dispatcher.submit(alert)
             runtime.learn(output)
             self._count(runtime.group.name, output, raw_by_offset, sent)
-        await self.throttle.after_batch(events, self.queue_depth())
 
     async def _send_outputs(
         self, runtime: GroupRuntime, output: BatchOutput, raw: dict[tuple[str, int, int], Any]
@@ -295,8 +289,8 @@ class VigilStream:
         return sum(g.queue_depth for g in self.groups.values())
 
     # ---- housekeeping -------------------------------------------------------------------
-    async def _resume_drained(self) -> None:
-        self.throttle.tick(self.queue_depth())
+    async def _watch_pressure(self) -> None:
+        self.pressure.tick()
 
     async def _on_revoked(self, app: faust.App, revoked: set[TP], **_: Any) -> None:
         """Forget the state of keys whose partitions left: their new owner reads it from Redis."""

@@ -149,7 +149,7 @@ def test_seed_makes_weights_reproducible_and_leaves_global_rng_alone() -> None:
     c = build_forecaster(config, seed=10)
     assert torch.equal(before, after)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
-    assert not torch.equal(a.head.weight, c.head.weight)
+    assert not torch.equal(a.cells[0].weight_ih, c.cells[0].weight_ih)
 
 
 @pytest.mark.parametrize("kind", CELL_KINDS)
@@ -324,10 +324,27 @@ def test_normalizer_max_count_follows_a_moving_level() -> None:
 
 @pytest.mark.parametrize("kind", CELL_KINDS)
 def test_window_mode_trains_every_parameter(kind: str) -> None:
-    config = small_config(kind, dropout=0.2)
+    config = small_config(kind, dropout=0.2, residual=False)
     model = build_forecaster(config, seed=5).train()
     windows = torch.randn(4, config.window, config.input_size)
     loss = model(windows).pow(2).mean()
     loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_a_residual_model_starts_as_persistence_and_still_learns_everything(kind: str) -> None:
+    config = small_config(kind)
+    model = build_forecaster(config, seed=5)
+    windows = torch.randn(4, config.window, config.input_size)
+    with torch.no_grad():
+        start = model(windows)
+    assert torch.equal(start, windows[:, -1:, :].expand(-1, config.horizon, -1))
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):  # the first step moves the head, after which gradients reach the cells
+        optimiser.zero_grad()
+        (model(windows) - 1.0).pow(2).mean().backward()
+        optimiser.step()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name

@@ -44,7 +44,9 @@ def test_the_cli_refuses_to_start_on_a_bad_value(monkeypatch: pytest.MonkeyPatch
     assert "VIGIL_TOPICS__PARTITIONS" in result.output
 
 
-def test_a_toml_file_is_read_and_variables_win(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_toml_file_is_read_and_variables_win(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     config = tmp_path / "vigil.toml"
     config.write_text('app_id = "from-file"\nweb_port = 7000\n[batch]\nmax_size = 32\n')
     monkeypatch.setenv("VIGIL_CONFIG", str(config))

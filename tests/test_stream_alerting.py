@@ -49,9 +49,13 @@ async def test_stream_alerts_reach_the_webhook_and_silences_hold_them(
                     )
                 ],
                 "batch": BatchConfig(max_size=64, max_wait_ms=5),
-                "webhooks": [WebhookEndpoint.model_validate({"url": receiver.url, "min_severity": "info"})],
+                "webhooks": [
+                    WebhookEndpoint.model_validate({"url": receiver.url, "min_severity": "info"})
+                ],
                 "webhook_signing_key": SecretStr("s3cret"),
-                "alerting": AlertingConfig.model_validate({"group_wait_s": 0.2, "group_interval_s": 0.5}),
+                "alerting": AlertingConfig.model_validate(
+                    {"group_wait_s": 0.2, "group_interval_s": 0.5}
+                ),
             }
         )
         await ensure_topics(configured)
@@ -61,7 +65,11 @@ async def test_stream_alerts_reach_the_webhook_and_silences_hold_them(
             async with httpx.AsyncClient() as client:
                 response = await client.post(
                     f"{worker.url}/silences",
-                    json={"matchers": {"key": "quiet-*"}, "duration": "1h", "comment": "maintenance"},
+                    json={
+                        "matchers": {"key": "quiet-*"},
+                        "duration": "1h",
+                        "comment": "maintenance",
+                    },
                 )
                 assert response.status_code == 201, response.text
                 listed = (await client.get(f"{worker.url}/silences")).json()
@@ -70,7 +78,9 @@ async def test_stream_alerts_reach_the_webhook_and_silences_hold_them(
             records = []
             for i in range(n):
                 for key, base in (("loud-1", 10.0), ("quiet-1", 20.0)):
-                    records.append((key.encode(), reading(1_700_000_000 + 60 * i, spiky(n, 45, base)[i])))
+                    records.append(
+                        (key.encode(), reading(1_700_000_000 + 60 * i, spiky(n, 45, base)[i]))
+                    )
             await produce(configured, configured.topics.readings, records)
 
             await wait_until(lambda: "loud-1" in str(receiver.accepted_bodies()), timeout_s=60)

@@ -12,8 +12,8 @@ import httpx
 import pytest
 import redis
 
-from tests.polling import eventually
 from tests.kafka_io import produce, read_topic, reading, values
+from tests.polling import eventually
 from tests.worker_process import WorkerProcess
 from vigil.settings import (
     BatchConfig,
@@ -163,7 +163,7 @@ def test_every_kind_of_bad_input_lands_in_dead_letters(
         "no_group": 1, "duplicate": 1, "late": 1, "shape": 1,
     }  # fmt: skip
     by_offset = {(letter["partition"], letter["offset"]): letter for letter in letters}
-    for (key, value), meta in zip(bad, sent_bad, strict=True):
+    for (_key, value), meta in zip(bad, sent_bad, strict=True):
         letter = by_offset[(meta.partition, meta.offset)]
         assert letter["original"].encode("latin-1") == value  # nothing lost
         assert letter["topic"] == settings.topics.readings
@@ -245,3 +245,43 @@ def test_two_workers_split_the_partitions(stream_settings: VigilSettings, tmp_pa
     finally:
         for worker in workers:
             worker.stop()
+
+
+def test_overload_pauses_busy_partitions_and_loses_nothing(
+    stream_settings: VigilSettings, tmp_path: Path
+) -> None:
+    """A backlog far larger than the bounded buffer: partitions pause, every event is predicted."""
+    settings = stream_settings.model_copy(
+        update={"batch": BatchConfig(max_size=16, max_wait_ms=5, max_queue=32)}
+    )
+    keys = [f"sensor-{i}" for i in range(8)]
+    n = 250
+    records = [
+        (key.encode(), reading(1_700_000_000 + 60 * i, series(k, n)[i]))
+        for i in range(n)
+        for k, key in enumerate(keys)
+    ]
+    sent = asyncio.run(produce(settings, settings.topics.readings, records))
+    worker = WorkerProcess(settings, tmp_path).start()
+    try:
+        worker.wait_ready()
+        expected = len(keys) * (n - WINDOW + 1)
+        found = asyncio.run(
+            read_topic(settings, settings.topics.predictions, count=expected, timeout_s=120)
+        )
+        metrics = worker.metrics()
+    finally:
+        worker.stop()
+    covered = {(p["provenance"]["partition"], p["provenance"]["offset"]) for p in values(found)}
+    per_key_offsets: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for (key, _), meta in zip(records, sent, strict=True):
+        per_key_offsets[key.decode()].append((meta.partition, meta.offset))
+    for key, offsets in per_key_offsets.items():
+        missing = [o for o in offsets[WINDOW - 1 :] if o not in covered]
+        assert not missing, f"{key}: lost {len(missing)} events, e.g. {missing[:3]}"
+    pauses = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("vigil_partition_pauses_total")
+    ]
+    assert pauses and pauses[0] > 0  # the bounded buffer did push back

@@ -55,13 +55,13 @@ class WorkerProcess:
         return f"http://127.0.0.1:{self.web_port}"
 
     def start(self) -> WorkerProcess:
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "vigil.cli", "worker", "--loglevel", "info"],
-            env=worker_env(self.settings, self.web_port),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "vigil.cli", "worker", "--loglevel", "info"],
+                env=worker_env(self.settings, self.web_port),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         return self
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:

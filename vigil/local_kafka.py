@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import shutil
@@ -105,10 +106,8 @@ async def broker_answers(bootstrap: str, timeout_s: float = 3.0) -> bool:
     except Exception:
         return False
     finally:
-        try:
+        with contextlib.suppress(Exception):
             await admin.close()
-        except Exception:
-            pass
         logging.getLogger("aiokafka").setLevel(logging.NOTSET)
 
 
@@ -202,12 +201,12 @@ class LocalKafka:
 
     def start(self, timeout_s: float = 90.0) -> bool:
         """Start the broker unless it runs already; True if this call started it."""
-        if self.running():
-            if asyncio.run(broker_answers(self.bootstrap)):
-                return False
+        if self.running() and asyncio.run(broker_answers(self.bootstrap)):
+            return False
         if asyncio.run(broker_answers(self.bootstrap, timeout_s=1.5)):
             raise LocalServiceError(
-                f"something else already answers on {self.bootstrap}; stop it or change VIGIL_LOCAL__KAFKA_PORT"
+                f"something else already answers on {self.bootstrap};"
+                " stop it or change VIGIL_LOCAL__KAFKA_PORT"
             )
         if shutil.which("java") is None:
             raise LocalServiceError("Java 17+ is needed for the local Kafka broker")

@@ -40,7 +40,8 @@ class LocalRedis:
             if self.running():
                 return False
             raise LocalServiceError(
-                f"something else already answers on {self.url}; stop it or change VIGIL_LOCAL__REDIS_PORT"
+                f"something else already answers on {self.url};"
+                " stop it or change VIGIL_LOCAL__REDIS_PORT"
             )
         binary = shutil.which("redis-server")
         if binary is None:

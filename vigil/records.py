@@ -95,7 +95,9 @@ class Reading(BaseModel):
         return [self.values.get(name) for name in names]
 
     def to_json(self) -> bytes:
-        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+        """The wire form; a missing univariate observation stays ``"value": null``."""
+        unused = {"values"} if self.values is None else {"value"}
+        return self.model_dump_json(by_alias=True, exclude=unused).encode()
 
 
 def _finite_or_none(raw: Any, name: str) -> float | None:

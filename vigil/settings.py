@@ -44,6 +44,10 @@ class ModelConfig(BaseModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     window: int = Field(64, ge=2, le=4096, description="events per window in window mode")
     horizon: int = Field(1, ge=1, le=256, description="steps ahead the model forecasts")
+    residual: bool = Field(
+        True,
+        description="forecast = last value + learned change; an untrained model is persistence",
+    )
 
 
 class TrainingConfig(BaseModel):
@@ -113,7 +117,8 @@ class ModelGroup(BaseModel):
     def _channels_match_input(self) -> ModelGroup:
         if self.channels and len(self.channels) != self.model.input_size:
             raise ValueError(
-                f"channels has {len(self.channels)} names but model.input_size is {self.model.input_size}"
+                f"channels has {len(self.channels)} names"
+                f" but model.input_size is {self.model.input_size}"
             )
         if not self.channels and self.model.input_size != 1:
             raise ValueError("a multivariate group (model.input_size > 1) needs channel names")
@@ -143,7 +148,9 @@ class BatchConfig(BaseModel):
         5.0, ge=0, le=10_000, description="longest wait to fill a batch (also the reorder buffer)"
     )
     latency_target_ms: float = Field(50.0, gt=0, description="batch sizing aims under this")
-    max_queue: int = Field(4096, ge=1, description="queued requests before partitions pause")
+    max_queue: int = Field(
+        1024, ge=1, description="events buffered per input topic before its busiest partitions pause"
+    )
 
 
 class StreamConfig(BaseModel):
@@ -398,4 +405,6 @@ def load_settings(**overrides: Any) -> VigilSettings:
     except (ValueError, SettingsError) as exc:  # JSON in a complex variable that does not parse
         field = re.search(r'field "(\w+)"', str(exc))
         where = f"{ENV_PREFIX}{field.group(1).upper()}: " if field else ""
-        raise ConfigError(f"invalid Vigil configuration:\n  {where}not valid JSON ({exc})") from None
+        raise ConfigError(
+            f"invalid Vigil configuration:\n  {where}not valid JSON ({exc})"
+        ) from None

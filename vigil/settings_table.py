@@ -1,4 +1,4 @@
-"""Every setting as a Markdown table row: variable, default, meaning (README and `vigil settings`)."""
+"""Every setting as a Markdown table row (for README.md and `vigil settings --table`)."""
 
 from __future__ import annotations
 
@@ -25,12 +25,16 @@ def _shown(value: Any) -> str:
     if isinstance(value, BaseModel):
         return json.dumps(value.model_dump(mode="json"))[:80] + "…"
     if isinstance(value, list):
-        text = json.dumps([v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value])
+        text = json.dumps(
+            [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
+        )
         return text if len(text) < 60 else text[:57] + "…"
     return "unset" if value is None else f"`{value}`"
 
 
-def rows(model: type[BaseModel] = VigilSettings, prefix: str = ENV_PREFIX) -> Iterator[tuple[str, str, str]]:
+def rows(
+    model: type[BaseModel] = VigilSettings, prefix: str = ENV_PREFIX
+) -> Iterator[tuple[str, str, str]]:
     for name, field in model.model_fields.items():
         variable = f"{prefix}{name.upper()}"
         annotation = field.annotation
