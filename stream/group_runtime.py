@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import redis
@@ -18,7 +18,7 @@ from torch import nn
 
 from models.batching import BatchScheduler
 from models.device import select_device
-from models.forecaster import build_forecaster
+from models.forecaster import Forecaster, build_forecaster
 from models.inference import InferenceEngine
 from models.registry import LiveModelWatcher, ModelRegistry
 from models.replay import ReplayBuffer
@@ -65,7 +65,7 @@ class GroupRuntime:
     async def start(self, stream: VigilStream | None = None) -> None:
         self._stream = stream
         self._loop = asyncio.get_running_loop()
-        model = await asyncio.to_thread(self._load_live_model)
+        model = cast(Forecaster, await asyncio.to_thread(self._load_live_model))
         self.engine = InferenceEngine(model, self.device, version=self.version)
         batch = self.settings.batch
         model_config = self.group.model
@@ -174,7 +174,7 @@ class GroupRuntime:
 
     def _serve(self, version: str, model: nn.Module) -> None:
         assert self.engine is not None
-        self.engine.swap(model, version=version)
+        self.engine.swap(cast(Forecaster, model), version=version)
         self.version = version
         self.metrics.set_live_version(self.group.name, version)
 

@@ -77,7 +77,9 @@ class VigilMetrics:
             "vigil_inference_queue_depth", "Windows waiting for inference", registry=r
         )
         self.paused_partitions = Gauge(
-            "vigil_paused_partitions", "Partitions not fetched while their buffer is full", registry=r
+            "vigil_paused_partitions",
+            "Partitions not fetched while their buffer is full",
+            registry=r,
         )
         self.partition_pauses = Counter(
             "vigil_partition_pauses", "Times a partition was paused by backpressure", registry=r
@@ -96,7 +98,7 @@ class VigilMetrics:
         self.backpressure_pauses = Counter(
             "vigil_backpressure_pauses", "Times backpressure paused partitions", registry=r
         )
-        r.register(_DefaultRegistryBridge())  # type: ignore[arg-type]
+        r.register(_DefaultRegistryBridge())
 
     def set_live_version(self, group: str, version: str) -> None:
         for labels in list(self.model_version._metrics):  # one live version per group

@@ -112,10 +112,10 @@ class SeriesProcessor:
     ) -> list[_Step]:
         accepted: list[_Step] = []
         for event in events:
-            rejection = self._check_order(state, event)
-            if rejection == "replayed":
+            if self._redelivered(state, event):
                 out.outcomes["replayed"] += 1
                 continue
+            rejection = self._check_order(state, event)
             if rejection is not None:
                 out.rejected.append((event, rejection))
                 continue
@@ -151,15 +151,18 @@ class SeriesProcessor:
             accepted.append(step)
         return accepted
 
-    def _check_order(self, state: KeyState, event: InputEvent) -> Rejection | str | None:
-        if state.last_ts is None:
-            return None
-        if (
+    @staticmethod
+    def _redelivered(state: KeyState, event: InputEvent) -> bool:
+        """Kafka redelivers after a restart what was absorbed but not committed: skip it."""
+        return (
             state.partition == event.partition
             and state.offset is not None
             and event.offset <= state.offset
-        ):
-            return "replayed"  # redelivered after a restart: already in the state
+        )
+
+    def _check_order(self, state: KeyState, event: InputEvent) -> Rejection | None:
+        if state.last_ts is None:
+            return None
         ts = event.reading.ts
         if ts == state.last_ts:
             return Rejection(

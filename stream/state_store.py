@@ -42,7 +42,7 @@ class StateStore:
         predictions: Iterable[Prediction] = (),
     ) -> None:
         """Write states (by (group, key)) and latest predictions in one pipelined transaction."""
-        latest = {p.key: p.model_dump_json() for p in predictions}
+        latest: dict[Any, Any] = {p.key: p.model_dump_json() for p in predictions}
         if not states and not latest:
             return
         async with self.client.pipeline(transaction=True) as pipe:
@@ -73,4 +73,4 @@ class StateStore:
         """Alerts whose stream entry was written at or after `since` (epoch seconds)."""
         start = f"{int(since * 1000)}-0"
         entries = await self.client.xrange(self.alert_stream, min=start, max="+", count=limit)
-        return [json.loads(fields[b"alert"]) for _id, fields in entries]
+        return [json.loads(fields[b"alert"]) for _id, fields in entries or [] if fields]

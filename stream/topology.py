@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import faust
 import redis.asyncio as aioredis
@@ -97,8 +97,8 @@ class VigilStream:
         self.model_versions = self.app.topic(t.model_versions)
         for name in settings.input_topics():
             self._add_agent(name)
-        self.app.on_partitions_revoked.connect(self._on_revoked)
-        self.app.service(_GroupServices(self))
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        self.app.service(_GroupServices(self))  # type: ignore[arg-type]  # an instance works
         self.app.task(self._watch_loop_lag)
         self.app.timer(5.0)(self._measure_consumer_lag)
         self.app.timer(0.25)(self._watch_pressure)
@@ -112,7 +112,10 @@ class VigilStream:
         batch = self.settings.batch
 
         async def ingest(stream: faust.StreamT) -> None:
-            async for events in stream.take_events(batch.max_size, within=batch.max_wait_ms / 1000):
+            batches = cast(faust.Stream, stream).take_events(
+                batch.max_size, within=batch.max_wait_ms / 1000
+            )
+            async for events in batches:
                 try:
                     await self.handle(events)
                 except Exception as exc:  # never crash the agent: Faust would ack the batch

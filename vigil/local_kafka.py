@@ -216,8 +216,11 @@ class LocalKafka:
         with open(self.log, "ab") as log:
             process = subprocess.Popen(
                 self._java("kafka.Kafka", str(self.config)),
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # survives `vigil up` exiting; `vigil down` stops it
+            )
         self.pid_file.write(process.pid)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

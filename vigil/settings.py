@@ -149,7 +149,7 @@ class BatchConfig(BaseModel):
     )
     latency_target_ms: float = Field(50.0, gt=0, description="batch sizing aims under this")
     max_queue: int = Field(
-        1024, ge=1, description="events buffered per input topic before its busiest partitions pause"
+        1024, ge=1, description="events buffered per input topic before busy partitions pause"
     )
 
 
