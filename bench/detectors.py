@@ -4,7 +4,7 @@ forecasters for ``vigil eval forecast``.
 Adding one is one line at the bottom of this file (or a call from anywhere before the run)::
 
     register_detector("vigil", lambda: VigilDetector())
-    register_forecaster("vigil", lambda setup: VigilForecaster(horizon=setup.horizon))
+    register_forecaster("vigil", _vigil_forecaster)
 
 A detector factory takes no argument and returns a fresh :class:`OnlineDetector` (one per
 series).  A forecaster factory takes the run's :class:`ForecastSetup` and returns a fresh
@@ -82,6 +82,18 @@ def register_forecaster(name: str, factory: ForecasterFactory) -> None:
     forecaster_factories[name] = factory
 
 
+def _vigil_detector() -> OnlineDetector:
+    from bench.replay_harness import VigilDetector  # torch loads only when Vigil runs
+
+    return VigilDetector()
+
+
+def _vigil_forecaster(setup: ForecastSetup) -> OnlineForecaster:
+    from bench.replay_harness import VigilForecaster
+
+    return VigilForecaster(horizon=setup.horizon)
+
+
 def _seasonal_naive(setup: ForecastSetup) -> OnlineForecaster | None:
     if setup.season is None or setup.season < 2:
         return None
@@ -89,11 +101,13 @@ def _seasonal_naive(setup: ForecastSetup) -> OnlineForecaster | None:
 
 
 # --- registrations: one line per model -----------------------------------------------------
+register_detector("vigil", _vigil_detector)  # the stream's own logic: bench.replay_harness
 register_detector("windowed-gaussian", WindowedGaussian)
 register_detector("river-hst", RiverHalfSpaceTrees)
 register_detector("persistence-residual", lambda: ForecastResidualDetector(Persistence()))
 register_detector("river-lags-residual", lambda: ForecastResidualDetector(RiverLinearLags()))
 
+register_forecaster("vigil", _vigil_forecaster)
 register_forecaster("persistence", lambda setup: Persistence(horizon=setup.horizon))
 register_forecaster("seasonal-naive", _seasonal_naive)
 register_forecaster("river-linear-lags", lambda setup: RiverLinearLags(horizon=setup.horizon))

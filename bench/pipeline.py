@@ -472,7 +472,7 @@ class PipelineBench:
             readings=await self.reader.end_offsets(topics.readings),
             predictions=await self.reader.end_offsets(topics.predictions),
             in_worker=histogram(text, IN_WORKER),
-            pauses=sample_total(text, "vigil_backpressure_pauses_total"),
+            pauses=sample_total(text, "vigil_partition_pauses_total"),
         )
 
     async def _wait_for_predictions(self, before: _Snapshot, produced: int) -> float | None:

@@ -266,3 +266,89 @@ class ReplayHarness:
             examples=self.buffer.added,
             rejections=stats.rejections,
         )
+
+
+# ---- the evaluation interfaces: NAB detector and online forecaster -------------------------
+def nab_group() -> ModelGroup:
+    """The group config ``vigil eval nab --detector vigil`` runs with, the same for every file.
+
+    Small enough that the 42-file NAB subset runs in minutes on two CPU cores; see
+    docs/evaluation.md for how it was chosen and what it scores.
+    """
+    return ModelGroup.model_validate(
+        {
+            "name": "nab",
+            "model": {"window": 32, "hidden_size": 32, "num_layers": 1, "horizon": 1},
+            "detector": {"long_window": 2000},
+        }
+    )
+
+
+def forecast_group(horizon: int) -> ModelGroup:
+    """The group config ``vigil eval forecast`` runs Vigil's forecaster with."""
+    return ModelGroup.model_validate(
+        {
+            "name": "forecast",
+            "model": {"window": 64, "hidden_size": 32, "num_layers": 1, "horizon": horizon},
+        }
+    )
+
+
+class VigilDetector:
+    """Vigil's stream logic as an anomaly detector: each row's published ``Prediction.score``.
+
+    Rows the stream publishes no prediction for (the key's window still filling, a rejected
+    duplicate timestamp) score 0.0: no evidence. ``score_series`` replays a whole series in
+    chunks with its real timestamps; ``score_one`` feeds one value at a time with one-second
+    steps. Use one or the other on a detector.
+    """
+
+    def __init__(self, group: ModelGroup | None = None, *, seed: int = 0, train: bool = True):
+        self.harness = ReplayHarness(group or nab_group(), seed=seed, train=train)
+        self._next_ts = 0.0
+
+    def score_series(self, timestamps: npt.ArrayLike, values: npt.ArrayLike) -> list[float]:
+        result = self.harness.replay(timestamps, values)
+        return np.nan_to_num(result.scores, nan=0.0).tolist()
+
+    def score_one(self, value: float) -> float:
+        result = self.harness.replay([self._next_ts], [value])
+        self._next_ts += 1.0
+        score = float(result.scores[0])
+        return 0.0 if math.isnan(score) else score
+
+
+class VigilForecaster:
+    """Vigil's stream logic as an online forecaster: the forecast the stream published for the
+    last value learned (NaN while the window fills), with its conformal interval."""
+
+    def __init__(
+        self,
+        horizon: int = 1,
+        group: ModelGroup | None = None,
+        *,
+        seed: int = 0,
+        train: bool = True,
+    ) -> None:
+        group = group or forecast_group(horizon)
+        if group.model.horizon != horizon:
+            raise ValueError(f"group horizon {group.model.horizon} is not {horizon}")
+        self.horizon = horizon
+        self.harness = ReplayHarness(group, seed=seed, train=train)
+        self._next_ts = 0.0
+        self._forecast = [math.nan] * horizon
+        self._lower = [math.nan] * horizon
+        self._upper = [math.nan] * horizon
+
+    def predict_one(self) -> list[float]:
+        return list(self._forecast)
+
+    def interval_one(self) -> tuple[list[float], list[float]]:
+        return list(self._lower), list(self._upper)
+
+    def learn_one(self, value: float) -> None:
+        result = self.harness.replay([self._next_ts], [value])
+        self._next_ts += 1.0
+        self._forecast = result.forecasts[0].tolist()
+        self._lower = result.lower[0].tolist()
+        self._upper = result.upper[0].tolist()

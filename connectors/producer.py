@@ -77,7 +77,9 @@ class RecordProducer:
     async def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         self._pending.append(await self._producer.send(topic, value, key=key))
         if len(self._pending) >= 4096:  # long-lived senders: forget what was delivered fine
-            self._pending = [f for f in self._pending if not f.done() or f.cancelled() or f.exception()]
+            self._pending = [
+                f for f in self._pending if not f.done() or f.cancelled() or f.exception()
+            ]
 
     async def send_dead_letter(
         self, reason: str, value: bytes, *, topic: str, source: str, key: str | None = None,

@@ -23,8 +23,8 @@ Three stages, each a tail probability ``p`` kept as ``log p`` so that nothing un
 ``ScoreResult.score`` is the filtered likelihood; ``raw`` and ``likelihood`` (unfiltered) are
 kept for inspection. Probabilities map to scores by :func:`tail_to_score`: ``1 - p`` down to
 ``p = 1e-6`` (so a threshold of 0.99 still means "an ordinary event gets there at most about one
-time in a hundred"), then compressed logarithmically, so two different pieces of evidence never
-share a score and only infinite evidence reaches exactly 1.0. (A plain ``1 - p`` rounds every
+time in a hundred"), then compressed doubly logarithmically, so two different pieces of evidence
+never share a score and only infinite evidence reaches exactly 1.0. (A plain ``1 - p`` rounds every
 ``p < 1.1e-16`` to 1.0: thousands of ordinary events after flat stretches then tied the real
 anomalies at the top, and no threshold could tell them apart.)
 """
@@ -61,6 +61,7 @@ _MEDIAN_TO_MEAN_ABS = math.sqrt(2.0 / math.pi) / 0.6744897501960817
 _LARGEST_KEPT = 1e300
 _ASYMPTOTIC_FROM = 30.0  # erfc is exact to here; the asymptotic series beyond (rel. error < 1e-12)
 FINE_TAIL = 1e-6  # scores are exactly 1 - p down to this tail probability
+_LOG_FINE = math.log(FINE_TAIL)
 EARLY_EVENTS = 16  # the spread starts as a median of this many |residual|s
 NEUTRAL_RAW = 0.5  # the median raw score of ordinary residuals (raw is uniform under the null)
 NORMALISED_MIN_SPREAD = 0.1  # the stream's spread floor, in series standard deviations
@@ -89,18 +90,19 @@ def log_two_sided_tail(z: float) -> float:
 def tail_to_score(log_p: float) -> float:
     """Map ``log p`` to a score in [0, 1], strictly decreasing in ``p``.
 
-    ``1 - p`` for ``p >= FINE_TAIL``; below, ``1 - FINE_TAIL * log(FINE_TAIL) / log(p)``, which
-    joins continuously, keeps falling tails apart to well past ``p = 1e-10000`` in float64 and
-    is 1.0 only at ``p = 0``. The compressed value is never below ``p`` (``p log(1/p)`` grows
-    with ``p``), so ``P(score >= 1 - q) <= q`` still holds for every ``q``.
+    ``1 - p`` for ``p >= FINE_TAIL``; below, ``1 - FINE_TAIL / (1 + log(log p / log FINE_TAIL))``,
+    which joins continuously and falls so slowly that float64 keeps every finite ``log p``
+    apart (``p = 1e-(10^12)`` still scores 1 - 3.7e-8): only ``p = 0`` scores exactly 1.0.
+    The compressed tail is never below ``p``, so ``P(score >= 1 - q) <= q`` still holds.
     """
     if math.isnan(log_p):
         return math.nan
     log_p = min(0.0, log_p)
-    log_fine = math.log(FINE_TAIL)
-    if log_p >= log_fine:
+    if log_p >= _LOG_FINE:
         return 1.0 - math.exp(log_p)
-    return 1.0 - FINE_TAIL * log_fine / log_p  # log_p = -inf gives exactly 1.0
+    if math.isinf(log_p):
+        return 1.0
+    return 1.0 - FINE_TAIL / (1.0 + math.log(log_p / _LOG_FINE))
 
 
 def _score_to_log_tail(score: float) -> float:
@@ -108,7 +110,7 @@ def _score_to_log_tail(score: float) -> float:
     tail = 1.0 - score
     if tail >= FINE_TAIL:
         return math.log(tail)
-    return FINE_TAIL * math.log(FINE_TAIL) / tail
+    return _LOG_FINE * math.exp(FINE_TAIL / tail - 1.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,13 +16,13 @@ import numpy as np
 import redis
 from torch import nn
 
-from models.batching import BatchScheduler
+from models.batching import BatchRecord, BatchScheduler
 from models.device import select_device
 from models.forecaster import Forecaster, build_forecaster
 from models.inference import InferenceEngine
 from models.registry import LiveModelWatcher, ModelRegistry
 from models.replay import ReplayBuffer
-from models.training import OnlineTrainer
+from models.training import OnlineTrainer, RoundResult
 from stream.metrics import VigilMetrics
 from stream.series_processor import BatchOutput, SeriesProcessor
 from vigil.records import ModelAnnouncement
@@ -73,7 +73,7 @@ class GroupRuntime:
             self.engine,
             batch,
             window_shape=(model_config.window, model_config.input_size),
-            on_batch=lambda record: self.metrics.batch_size.observe(record.size),
+            on_batch=self._on_batch,
             name=self.group.name,
         )
         await self.scheduler.start()
@@ -84,7 +84,12 @@ class GroupRuntime:
                 training.replay_capacity, training.recent_fraction, training.holdout_size, seed=0
             )
             self.trainer = OnlineTrainer(
-                model, self.buffer, training, self._on_promote, group=self.group.name
+                model,
+                self.buffer,
+                training,
+                self._on_promote,
+                group=self.group.name,
+                on_round=self._on_round,
             )
             self.trainer.start()
         self.watcher = LiveModelWatcher(
@@ -132,7 +137,19 @@ class GroupRuntime:
         assert self.scheduler is not None
         return await self.scheduler.submit_many(windows)
 
+    def _on_batch(self, record: BatchRecord) -> None:
+        """Model thread: one forward pass done."""
+        self.metrics.batch_size.observe(record.size)
+        self.metrics.inference_seconds.observe(record.run_seconds)
+
     # ---- training -----------------------------------------------------------------------
+    def _on_round(self, result: RoundResult) -> None:
+        """Trainer thread: one round done (promoted, rejected or skipped)."""
+        if result.status != "skipped":
+            self.metrics.training_round_seconds.observe(result.duration_s)
+        if result.status == "rejected":
+            self.metrics.promotions.labels(self.group.name, f"rejected:{result.reason}").inc()
+
     def learn(self, output: BatchOutput) -> None:
         """Feed admitted examples to the replay buffer and wake the trainer (never blocks)."""
         if self.trainer is None or self.buffer is None:

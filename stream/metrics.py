@@ -85,6 +85,18 @@ class VigilMetrics:
             "vigil_partition_pauses", "Times a partition was paused by backpressure", registry=r
         )
         self.drift_events = Counter("vigil_drift_events", "Drift detected", ["group"], registry=r)
+        self.inference_seconds = Histogram(
+            "vigil_inference_seconds",
+            "Run time of one batched forward pass (on the model thread)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.training_round_seconds = Histogram(
+            "vigil_training_round_seconds",
+            "Run time of one fine-tuning round with its shadow evaluation (trainer thread)",
+            buckets=(*LATENCY_BUCKETS, 30.0, 60.0),
+            registry=r,
+        )
         self.state_writes = Counter(
             "vigil_state_writes", "Per-key states written to Redis", registry=r
         )
@@ -94,9 +106,6 @@ class VigilMetrics:
             " excludes time waiting in Kafka, so it shows whether backpressure bounds buffering",
             buckets=IN_WORKER_BUCKETS,
             registry=r,
-        )
-        self.backpressure_pauses = Counter(
-            "vigil_backpressure_pauses", "Times backpressure paused partitions", registry=r
         )
         r.register(_DefaultRegistryBridge())
 

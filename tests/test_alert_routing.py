@@ -295,6 +295,11 @@ def test_a_resolve_in_the_same_notification_as_its_silenced_firing_is_muted_too(
         make_alert("a1", "quiet-1", status="resolved"),
         make_alert("b1", "loud-1"),
     ]
-    decision = route(alerts, now=now, silences=[silence], firing=[], rules=[], firing_suppressed=set())
+    decision = route(
+        alerts, now=now, silences=[silence], firing=[], rules=[], firing_suppressed=set()
+    )
     assert [(a.key, a.status) for a in decision.send] == [("loud-1", "firing")]
-    assert {(a.key, a.status) for a, _ in decision.suppressed} == {("quiet-1", "firing"), ("quiet-1", "resolved")}
+    assert {(a.key, a.status) for a, _ in decision.suppressed} == {
+        ("quiet-1", "firing"),
+        ("quiet-1", "resolved"),
+    }

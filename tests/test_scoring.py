@@ -1,4 +1,5 @@
-"""ResidualScorer: bounded, NaN-safe, flags spikes and sustained shifts, round-trips exactly."""
+"""ResidualScorer: bounded, NaN-safe, never saturates, flags spikes and sustained shifts once,
+round-trips exactly."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.scoring import NEUTRAL_RAW, ResidualScorer, reduce_residual
+from models.incidents import IncidentDetector
+from models.scoring import (
+    FINE_TAIL,
+    NEUTRAL_RAW,
+    ResidualScorer,
+    log_two_sided_tail,
+    log_upper_tail,
+    reduce_residual,
+    tail_to_score,
+)
 from vigil.settings import DetectorConfig
 
 
@@ -38,13 +48,16 @@ def test_scores_stay_in_unit_interval_and_state_stays_json(values: list[float], 
     json.dumps(scorer.to_dict(), allow_nan=False)  # strict JSON, ready for Redis
 
 
-def test_extreme_residuals_after_calm_history_score_one() -> None:
+def test_extreme_residuals_after_calm_history_score_top_once_then_hold() -> None:
     scorer = ResidualScorer()
     for value in gaussian(1, 200):
         scorer.score_one(value)
-    for extreme in (math.inf, -math.inf, 1e308, -1e308):
-        result = scorer.score_one(extreme)
-        assert result.raw == 1.0 and result.score == 1.0
+    results = [scorer.score_one(extreme) for extreme in (math.inf, -math.inf, 1e308, -1e308)]
+    assert all(r.raw == 1.0 for r in results)  # infinite evidence: the only exact 1.0
+    assert 0.9999 < results[0].score < 1.0  # the likelihood weighs bounded evidence
+    for repeat in results[1:]:  # reds in a row: held between clear and open, not re-alerted
+        assert scorer.clear_threshold <= repeat.score < scorer.threshold
+        assert repeat.likelihood > 0.9999
     assert math.isfinite(scorer.sigma) and scorer.sigma < 10.0
 
 
@@ -55,6 +68,8 @@ def test_spike_after_calm_series_scores_high_and_noise_stays_low() -> None:
     assert sum(score > 0.99 for score in settled) / len(settled) < 0.02
     assert sum(score < 0.9 for score in settled) / len(settled) > 0.85
     assert scorer.score_one(6.0).score > 0.99
+    for value in gaussian(12, 40):
+        scorer.score_one(value)
     assert scorer.score_one(-8.0).score > 0.99
 
 
@@ -72,7 +87,7 @@ def test_early_spike_does_not_blind_the_scorer() -> None:
     scorer = ResidualScorer()
     scorer.score_one(0.3)
     scorer.score_one(1e9)
-    for value in gaussian(4, 40):
+    for value in gaussian(4, 60):  # the likelihood is neutral for its first 5 * short_window
         scorer.score_one(value)
     assert scorer.sigma < 3.0
     assert scorer.score_one(8.0).score > 0.99
@@ -155,3 +170,99 @@ def test_reduce_residual() -> None:
     assert reduce_residual([0.0, 0.0]) == 0.0
     with pytest.raises(ValueError):
         reduce_residual([1.0], "mean")  # type: ignore[arg-type]
+
+
+def test_tail_to_score_is_one_minus_p_then_strictly_compressed() -> None:
+    assert tail_to_score(math.log(0.01)) == pytest.approx(0.99, abs=1e-15)
+    assert tail_to_score(math.log(FINE_TAIL)) == pytest.approx(1 - FINE_TAIL, abs=1e-15)
+    assert tail_to_score(-math.inf) == 1.0
+    assert tail_to_score(0.0) == 0.0
+    log_tails = [-0.1, -5.0, -13.8, -13.9, -40.0, -745.0, -1e4, -1e6, -1e12, -1e300]
+    scores = [tail_to_score(v) for v in log_tails]
+    assert all(a < b < 1.0 for a, b in zip(scores, scores[1:], strict=False))
+    # never more confident than the tail itself: P(score >= 1 - q) <= q is kept
+    for log_p in log_tails:
+        assert 1.0 - tail_to_score(log_p) >= math.exp(log_p) * (1 - 1e-9)
+    # continuous where the compression starts
+    below = tail_to_score(math.log(FINE_TAIL) - 1e-9)
+    assert below - tail_to_score(math.log(FINE_TAIL)) < 1e-12
+
+
+def test_log_tails_match_arbitrary_precision() -> None:
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    for z in (-3.0, 0.0, 1.5, 8.0, 29.9, 30.1, 45.0, 300.0, 1e5):
+        exact = float(mpmath.log(mpmath.erfc(mpmath.mpf(z) / mpmath.sqrt(2)) / 2))
+        assert log_upper_tail(z) == pytest.approx(exact, rel=1e-11)
+    assert log_upper_tail(math.inf) == -math.inf
+    assert log_two_sided_tail(0.0) == 0.0
+    assert log_two_sided_tail(-2.0) == pytest.approx(math.log(math.erfc(2.0 / math.sqrt(2))))
+
+
+def test_scores_keep_big_residuals_apart_instead_of_saturating() -> None:
+    """The NAB failure: with 1 - p every residual beyond ~8 sigma scored exactly 1.0."""
+    calm = ResidualScorer.from_config(DetectorConfig())
+    for value in gaussian(13, 400, std=0.5):
+        calm.score_one(value)
+    state = calm.to_dict()
+    raws, scores = [], []
+    for residual in (1.5, 2.5, 4.0, 16.0, 400.0, 1e6):  # sigma is about 0.5
+        result = ResidualScorer.from_dict(state).score_one(residual)
+        raws.append(result.raw)
+        scores.append(result.score)
+    assert all(a < b < 1.0 for a, b in zip(raws, raws[1:], strict=False))
+    # the likelihood weighs evidence up to the surprisal cap, then is equally sure
+    assert all(a <= b < 1.0 for a, b in zip(scores, scores[1:], strict=False))
+    assert scores[0] < scores[1] < scores[2]  # below the cap, more evidence scores higher
+
+
+def test_flat_stretch_does_not_turn_a_small_change_into_an_alarm() -> None:
+    scorer = ResidualScorer.from_config(DetectorConfig())  # normalised units: floor 0.1
+    for _ in range(600):
+        scorer.score_one(0.0)
+    assert scorer.score_one(0.05).score < 0.9
+    assert scorer.score_one(3.0).score > 0.99  # thirty floors away is news
+
+
+def test_repeat_filter_keeps_one_incident_open_without_reopening() -> None:
+    detector = DetectorConfig()
+    scorer = ResidualScorer.from_config(detector)
+    incidents = IncidentDetector.from_config("k", detector)
+    values = [*gaussian(14, 600), 9.0, -9.0, 9.0, *gaussian(15, 40)]
+    events = []
+    scores = []
+    for ts, value in enumerate(values):
+        result = scorer.score_one(value)
+        scores.append(result)
+        event = incidents.update(result.score, float(ts))
+        if event is not None:
+            events.append((ts, event.kind))
+    first, second, third = scores[600:603]
+    assert first.score > detector.threshold
+    for repeat in (second, third):
+        assert repeat.likelihood > detector.threshold  # still unusual ...
+        assert detector.clear_threshold <= repeat.score < detector.threshold  # ... held
+    opened = [ts for ts, kind in events if kind == "opened" and ts >= 600]
+    assert opened == [600]  # one alert for the run
+
+
+def test_state_written_before_the_likelihood_rework_still_restores() -> None:
+    old = {
+        "short_window": 10,
+        "long_window": 500,
+        "spread_window": 100,
+        "clip": 4.0,
+        "min_spread": 1e-6,
+        "n": 300,
+        "mean_abs": 0.8,
+        "early": [],
+        "short": [0.4, 0.6, 0.5],
+        "long_count": 290,
+        "long_mean": 0.5,
+        "long_var": 0.01,
+    }
+    scorer = ResidualScorer.from_dict(old)
+    assert scorer.sigma == pytest.approx(0.8 * math.sqrt(math.pi / 2))
+    result = scorer.score_one(0.3)
+    assert 0.0 <= result.score <= 1.0
+    json.dumps(scorer.to_dict(), allow_nan=False)

@@ -73,7 +73,10 @@ def test_readings_become_predictions_alerts_and_redis_state(
             value = series(k, n, spike_at=45 if key == "sensor-b" else None)[i]
             records.append((key.encode(), reading(1_700_000_000 + 60 * i, value)))
     sent = asyncio.run(produce(settings, settings.topics.readings, records))
-    offsets = {(m.partition, m.offset) for m in sent}
+    source = {
+        (m.partition, m.offset): (key.decode(), json.loads(value)["timestamp"])
+        for (key, value), m in zip(records, sent, strict=True)
+    }
 
     worker = WorkerProcess(settings, tmp_path).start()
     try:
@@ -89,7 +92,8 @@ def test_readings_become_predictions_alerts_and_redis_state(
             assert len(p["forecast"]) == 2 and len(p["lower"]) == 2
             assert p["lower"][0] <= p["forecast"][0] <= p["upper"][0]
             prov = p["provenance"]
-            assert (prov["partition"], prov["offset"]) in offsets  # traceable to its source
+            # provenance names the very record the prediction came from
+            assert source[(prov["partition"], prov["offset"])] == (p["key"], p["timestamp"])
             assert prov["topic"] == settings.topics.readings and prov["model_version"].startswith(
                 "sensors-"
             )
@@ -117,6 +121,8 @@ def test_readings_become_predictions_alerts_and_redis_state(
         assert 'vigil_events_total{group="sensors",outcome="predicted"}' in metrics
         assert "vigil_event_to_prediction_seconds_bucket" in metrics
         assert "vigil_event_loop_lag_seconds" in metrics
+        # the spike was flagged, so it was kept out of the fine-tuning buffer
+        assert 'outcome="withheld_from_training"' in metrics
     finally:
         worker.stop()
 

@@ -32,15 +32,35 @@ def _printed(score: float) -> float:
     return float(f"{score:.12g}")
 
 
-def detect_series(detector: object, values: npt.ArrayLike, name: str = "") -> np.ndarray:
-    """Feed ``values`` one by one; return the scores, checked to be numbers in [0, 1]."""
-    score_one = getattr(detector, "score_one", None)
-    if score_one is None:
-        raise TypeError(f"detector {name!r} has no score_one(value) method")
+def detect_series(
+    detector: object,
+    values: npt.ArrayLike,
+    name: str = "",
+    timestamps: npt.NDArray[np.datetime64] | None = None,
+) -> np.ndarray:
+    """Feed ``values`` one by one; return the scores, checked to be numbers in [0, 1].
+
+    A detector with ``score_series(timestamps, values) -> scores`` (epoch seconds; still
+    scoring each value before learning it) gets the whole series at once when ``timestamps``
+    are given: Vigil's own detector batches the stream's forward passes that way.
+    """
     series = np.asarray(values, dtype=np.float64)
+    score_series = getattr(detector, "score_series", None)
+    if timestamps is not None and score_series is not None:
+        seconds = timestamps.astype("datetime64[us]").astype(np.int64) / 1e6
+        raw = np.asarray(score_series(seconds, series), dtype=np.float64)
+        if raw.shape != series.shape:
+            raise ValueError(
+                f"detector {name!r} returned {raw.shape} scores for {series.size} values"
+            )
+        raw_scores = raw.tolist()
+    else:
+        score_one = getattr(detector, "score_one", None)
+        if score_one is None:
+            raise TypeError(f"detector {name!r} has no score_one(value) method")
+        raw_scores = [float(score_one(value)) for value in series.tolist()]
     scores = np.empty(series.size, dtype=np.float64)
-    for i, value in enumerate(series.tolist()):
-        score = float(score_one(value))
+    for i, score in enumerate(raw_scores):
         if not (0.0 <= score <= 1.0):  # also catches NaN
             raise ValueError(
                 f"detector {name!r} returned {score} at row {i}; scores must be in [0, 1]"
@@ -107,7 +127,9 @@ def _run_job(job: DetectionJob) -> JobOutcome:
     started = time.perf_counter()
     series = read_data_series(job.data_path, job.relative_path)
     layout = layout_file(series.timestamps, job.windows)
-    scores = detect_series(detector_factories[job.detector](), series.values, job.detector)
+    scores = detect_series(
+        detector_factories[job.detector](), series.values, job.detector, series.timestamps
+    )
     write_result_series(
         job.output_path,
         series.timestamp_texts,
