@@ -46,6 +46,9 @@ def pipeline(
     small_model: Annotated[
         bool, typer.Option("--small-model", help="also measure a small model's max throughput")
     ] = False,
+    training: Annotated[
+        bool, typer.Option(help="online fine-tuning on (the default group's setting) or off")
+    ] = True,
 ) -> None:
     """End to end on the local broker: max events/s vs a bare Faust passthrough, latency at half
     load, and overload at 1.5x and 2x capacity (in-worker latency, pauses, lag, nothing lost)."""
@@ -53,8 +56,10 @@ def pipeline(
 
     from bench.pipeline import PipelinePlan, print_report, run_pipeline_bench, small_model_group
     from vigil.cli import settings_or_exit
+    from vigil.settings import ModelGroup, TrainingConfig
 
     plan = PipelinePlan(
+        group=ModelGroup(name="default", training=TrainingConfig(enabled=training)),
         keys=keys,
         events_per_key=events_per_key,
         latency_seconds=latency_seconds,

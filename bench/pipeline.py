@@ -134,6 +134,7 @@ class PipelineBenchResult:
     events_per_key: int
     cpus: int
     load_average_start: float
+    training: bool = True
     load_average_end: float = 0.0
     passthrough: Throughput | None = None
     vigil: Throughput | None = None
@@ -237,6 +238,7 @@ class PipelineBench:
             events_per_key=plan.events_per_key,
             cpus=os.cpu_count() or 1,
             load_average_start=os.getloadavg()[0],
+            training=plan.group.training.enabled,
         )
 
     @property
@@ -579,20 +581,21 @@ def run_pipeline_bench(
 
 # ---- the report ---------------------------------------------------------------------------------
 def print_report(result: PipelineBenchResult) -> None:
+    """Readable tables: throughput, then one column per offered load, then the targets."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    m = result.model
-    b = result.batch
+    console = Console(width=max(100, Console().width))
+    m, b = result.model, result.batch
     title = (
-        f"{m['cell']} hidden {m['hidden_size']} x {m['num_layers']}, window {m['window']}; "
-        f"{result.keys} keys, {result.partitions} partitions; batch ≤ {b['max_size']}, "
-        f"wait {b['max_wait_ms']:g} ms, target {b['latency_target_ms']:g} ms"
+        f"{m['cell']} hidden {m['hidden_size']} x {m['num_layers']}, window {m['window']}, "
+        f"training {'on' if result.training else 'off'}; {result.keys} keys, "
+        f"{result.partitions} partitions; batch ≤ {b['max_size']}, wait {b['max_wait_ms']:g} ms, "
+        f"target {b['latency_target_ms']:g} ms, queue ≤ {b['max_queue']}"
     )
-    rates = Table(title=f"Pipeline throughput, one worker — {title}")
+    rates = Table(title=f"Max throughput, one worker — {title}")
     for column in ("worker", "events/s", "outputs", "span", "start-up", "lost"):
-        rates.add_column(column, justify="right" if column != "worker" else "left")
+        rates.add_column(column, justify="left" if column == "worker" else "right")
     for t in (result.passthrough, result.vigil, result.small_model):
         if t is not None:
             rates.add_row(
@@ -610,52 +613,66 @@ def print_report(result: PipelineBenchResult) -> None:
             f"small model: {s['cell']} hidden {s['hidden_size']} x {s['num_layers']}, "
             f"window {s['window']}"
         )
-    console.print(f"Redis state: {'ok' if result.redis_state_ok else 'WRONG'} — "
-                  f"{result.redis_state_detail}")  # fmt: skip
+    state = "ok" if result.redis_state_ok else "WRONG"
+    console.print(f"Redis state after the backlog: {state} — {result.redis_state_detail}")
 
-    if result.latency is not None:
-        lat = result.latency
-        table = Table(title="Latency at half of Vigil's max rate")
-        for column in ("offered/s", "achieved/s", "events", "e2e p50", "e2e p99", "e2e max",
-                       "in-worker p50", "in-worker p99", "lost"):  # fmt: skip
-            table.add_column(column, justify="right")
-        table.add_row(
-            f"{lat.offered_per_s:,.0f}",
-            f"{lat.achieved_per_s:,.0f}",
-            f"{lat.events:,}",
-            f"{lat.e2e_p50_ms:.1f} ms",
-            f"{lat.e2e_p99_ms:.1f} ms",
-            f"{lat.e2e_max_ms:.1f} ms",
-            f"{lat.in_worker_p50_ms:.1f} ms",
-            f"{lat.in_worker_p99_ms:.1f} ms",
-            str(lat.lost),
-        )
-        console.print(table)
+    loads = Table(title="Offered load: latency, backpressure, losses")
+    loads.add_column("measure")
+    lat, over = result.latency, result.overload
+    if lat is not None:
+        loads.add_column("0.5x (half max)", justify="right")
+    for o in over:
+        loads.add_column(f"{o.factor:g}x", justify="right")
+    target2 = 2 * b["latency_target_ms"]
 
-    if result.overload:
-        table = Table(title="Overload (offered load past capacity)")
-        columns = ("load", "offered/s", "in-worker p50", "in-worker p99",
-                   f"≤ {2 * b['latency_target_ms']:g} ms", "e2e p50", "e2e p99", "pauses",
-                   "paused (max)", "backlog at end", "group lag", "drain", "lost")  # fmt: skip
-        for column in columns:
-            table.add_column(column, justify="right")
-        for o in result.overload:
-            table.add_row(
-                f"{o.factor:g}x",
-                f"{o.offered_per_s:,.0f}",
-                f"{o.in_worker_p50_ms:.0f} ms",
-                f"{o.in_worker_p99_ms:.0f} ms",
-                f"{o.in_worker_within_2x_target:.0%}",
-                f"{o.e2e_p50_ms:,.0f} ms",
-                f"{o.e2e_p99_ms:,.0f} ms",
-                str(o.pauses),
-                f"{o.paused_partitions_max} ({o.paused_share:.0%} of samples)",
-                f"{o.backlog_at_end:,}",
-                "?" if o.committed_lag_at_end is None else f"{o.committed_lag_at_end:,}",
-                "—" if o.drain_seconds is None else f"{o.drain_seconds:.1f} s",
-                str(o.lost),
-            )
-        console.print(table)
+    def row(label: str, half: Callable[[LatencyPhase], str] | None, per_load: list[str]) -> None:
+        first = [] if lat is None else [half(lat) if half is not None else ""]
+        loads.add_row(label, *first, *per_load)
+
+    def ms(value: float) -> str:
+        return f"{value:,.0f} ms" if value >= 100 else f"{value:.1f} ms"
+
+    row(
+        "offered readings/s",
+        lambda h: f"{h.offered_per_s:,.0f}",
+        [f"{o.offered_per_s:,.0f}" for o in over],
+    )
+    row(
+        "achieved readings/s",
+        lambda h: f"{h.achieved_per_s:,.0f}",
+        [f"{o.achieved_per_s:,.0f}" for o in over],
+    )
+    row(
+        "readings offered",
+        lambda h: f"{h.events:,} in {h.seconds:.0f} s",
+        [f"{o.produced:,} in {o.seconds:.0f} s" for o in over],
+    )
+    row("event→prediction p50", lambda h: ms(h.e2e_p50_ms), [ms(o.e2e_p50_ms) for o in over])
+    row("event→prediction p99", lambda h: ms(h.e2e_p99_ms), [ms(o.e2e_p99_ms) for o in over])
+    row("in-worker p50", lambda h: ms(h.in_worker_p50_ms), [ms(o.in_worker_p50_ms) for o in over])
+    row("in-worker p99", lambda h: ms(h.in_worker_p99_ms), [ms(o.in_worker_p99_ms) for o in over])
+    row(f"in-worker ≤ {target2:g} ms", None, [f"{o.in_worker_within_2x_target:.0%}" for o in over])
+    row("in-worker p99 incl. drain", None, [ms(o.in_worker_p99_incl_drain_ms) for o in over])
+    row("partition pauses", None, [str(o.pauses) for o in over])
+    row(
+        "paused partitions (max; share of 1 s samples)",
+        None,
+        [f"{o.paused_partitions_max}; {o.paused_share:.0%}" for o in over],
+    )
+    row("backlog when the load stopped", None, [f"{o.backlog_at_end:,}" for o in over])
+    row(
+        "consumer group lag then",
+        None,
+        ["?" if o.committed_lag_at_end is None else f"{o.committed_lag_at_end:,}" for o in over],
+    )
+    row(
+        "time to drain",
+        None,
+        ["not drained" if o.drain_seconds is None else f"{o.drain_seconds:.1f} s" for o in over],
+    )
+    row("readings without a prediction", lambda h: str(h.lost), [str(o.lost) for o in over])
+    if lat is not None or over:
+        console.print(loads)  # fmt: skip
 
     targets = Table(title="Targets")
     for column in ("target", "measured", "goal", "met"):
@@ -681,6 +698,7 @@ def print_report(result: PipelineBenchResult) -> None:
     console.print(
         f"dead letters: {result.dead_letters}; whole run {result.seconds_total:.0f} s on "
         f"{result.cpus} CPUs, load average {result.load_average_start:.2f} → "
-        f"{result.load_average_end:.2f}. The machine may be shared: figures move by 10-30% "
-        "between runs, and this benchmark's own producer shares the CPUs with the worker."
+        f"{result.load_average_end:.2f}. On a shared machine the figures move by 10-30% "
+        "between runs; the broker, Redis and this benchmark's producer share the CPUs with "
+        "the worker."
     )

@@ -279,7 +279,7 @@ def nab_group() -> ModelGroup:
         {
             "name": "nab",
             "model": {"window": 32, "hidden_size": 32, "num_layers": 1, "horizon": 1},
-            "detector": {"long_window": 2000},
+            "detector": {"short_window": 30, "long_window": 2000},
         }
     )
 

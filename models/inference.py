@@ -96,6 +96,46 @@ class InferenceEngine:
             output, new_state = model.step(self._to_device(batch), state)
             return self._to_host(output), new_state
 
+    def step_keys(
+        self,
+        x: np.ndarray,
+        states: Sequence[tuple[bytes, str] | None],
+        windows: np.ndarray,
+    ) -> tuple[np.ndarray, list[bytes], str]:
+        """The stream's stateful path: one event for each of B keys, on one model snapshot.
+
+        ``states[i]`` is a key's stored state and the version that produced it. A key with no
+        state, or one from another model version (a hot swap happened), is warmed instead: its
+        window ``windows[i]`` ``[T, F]`` (ending with ``x[i]``) is unrolled from zero, which gives
+        exactly the state and forecast stateful mode would have reached. Returns forecasts
+        ``[B, H, F]``, the new per-key states and the version that ran.
+        """
+        model, version = self._live
+        batch = _as_float32(x, 2, model.config.input_size, "x")
+        out = np.empty((len(batch), model.config.horizon, model.config.input_size), np.float32)
+        new_states: list[bytes] = [b""] * len(batch)
+        stepped = [i for i, s in enumerate(states) if s is not None and s[1] == version]
+        valid = set(stepped)
+        warmed = [i for i in range(len(batch)) if i not in valid]
+        with torch.inference_mode():
+            if stepped:
+                stored = model.states_from_bytes(
+                    [states[i][0] for i in stepped],  # type: ignore[index]
+                    self.device,
+                    reset_mismatched=True,
+                )
+                forecast, state = model.step(self._to_device(batch[stepped]), stored)
+                out[stepped] = self._to_host(forecast)
+                for i, blob in zip(stepped, model.states_to_bytes(state), strict=True):
+                    new_states[i] = blob
+            if warmed:
+                rows = _as_float32(windows[warmed], 3, model.config.input_size, "windows")
+                forecast, state = model.unroll(self._to_device(rows), None)
+                out[warmed] = self._to_host(forecast)
+                for i, blob in zip(warmed, model.states_to_bytes(state), strict=True):
+                    new_states[i] = blob
+        return out, new_states, version
+
     def states_from_bytes(
         self, items: Sequence[bytes | None], *, reset_mismatched: bool = True
     ) -> State:

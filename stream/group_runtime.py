@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -40,7 +41,15 @@ class GroupRuntime:
         self.settings = settings
         self.metrics = metrics
         self.device = select_device(settings.device)
-        self.processor = SeriesProcessor(group, self.predict, lambda: self.version)
+        self.processor = SeriesProcessor(
+            group,
+            self.predict,
+            lambda: self.version,
+            self.step_keys if group.inference == "stateful" else None,
+        )
+        # Stateful steps are tiny and sequential per round: they run on one thread of their own
+        # (the batch scheduler's thread serves window mode), never on the event loop.
+        self._stepper = ThreadPoolExecutor(1, thread_name_prefix=f"vigil-step-{group.name}")
         self.version = "none"
         self.engine: InferenceEngine | None = None
         self.scheduler: BatchScheduler | None = None
@@ -104,6 +113,15 @@ class GroupRuntime:
         self._started.set()
         log.info("group %s: serving %s on %s", self.group.name, self.version, self.device)
 
+    async def step_keys(
+        self, x: np.ndarray, states: list[tuple[bytes, str] | None], windows: np.ndarray
+    ) -> tuple[np.ndarray, list[bytes], str]:
+        await self._started.wait()
+        assert self.engine is not None
+        loop = asyncio.get_running_loop()
+        self.metrics.batch_size.observe(len(x))
+        return await loop.run_in_executor(self._stepper, self.engine.step_keys, x, states, windows)
+
     async def stop(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
@@ -111,6 +129,7 @@ class GroupRuntime:
             await asyncio.to_thread(self.trainer.stop)
         if self.scheduler is not None:
             await self.scheduler.stop()
+        self._stepper.shutdown(wait=True)
 
     def _load_live_model(self) -> nn.Module:
         """The live version from the registry; a fresh seeded model (registered live) if none."""

@@ -42,6 +42,8 @@ class KeyState:
     drift: ResidualDriftMonitor
     admission: TrainingAdmission
     pending: PendingForecast | None = None
+    hidden: str | None = None  # stateful mode: recurrent state (base64) after the last event
+    hidden_version: str | None = None  # the model version that produced `hidden`
     last_ts: float | None = None
     interval: float | None = None  # typical time between events (EWMA), for gap detection
     events: int = 0
@@ -80,6 +82,8 @@ class KeyState:
             "drift": self.drift.to_dict(),
             "admission": self.admission.to_dict(),
             "pending": None if self.pending is None else [self.pending.values, self.pending.age],
+            "hidden": self.hidden,
+            "hidden_version": self.hidden_version,
             "last_ts": self.last_ts,
             "interval": self.interval,
             "events": self.events,
@@ -102,6 +106,8 @@ class KeyState:
             drift=ResidualDriftMonitor.from_dict(d["drift"]),
             admission=TrainingAdmission.from_dict(d["admission"]),
             pending=None if pending is None else PendingForecast(pending[0], pending[1]),
+            hidden=d.get("hidden"),
+            hidden_version=d.get("hidden_version"),
             last_ts=d.get("last_ts"),
             interval=d.get("interval"),
             events=d.get("events", 0),

@@ -13,6 +13,7 @@ evaluated is what is deployed. One call handles a batch of events from many keys
 
 from __future__ import annotations
 
+import base64
 import math
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,12 @@ from vigil.records import Alert, DriftEvent, Prediction, Provenance
 from vigil.settings import ModelGroup
 
 Predictor = Callable[[np.ndarray], Awaitable[np.ndarray]]  # [N,T,F] -> [N,H,F], normalised
+# Stateful mode: (x [N,F], stored (state, version) per key, windows [N,T,F] to warm from)
+#   -> (forecasts [N,H,F], new states, version that ran)
+Stepper = Callable[
+    [np.ndarray, list[tuple[bytes, str] | None], np.ndarray],
+    Awaitable[tuple[np.ndarray, list[bytes], str]],
+]
 MAX_GAP_FILL_FACTOR = 1  # fill at most one window of missing steps; a longer gap restarts the key
 GAP_RATIO = 1.5  # a delta this many typical intervals long means steps are missing
 INTERVAL_EWMA = 0.05
@@ -68,9 +75,18 @@ class _Step:
 
 
 class SeriesProcessor:
-    def __init__(self, group: ModelGroup, predictor: Predictor, model_version: Callable[[], str]):
+    def __init__(
+        self,
+        group: ModelGroup,
+        predictor: Predictor,
+        model_version: Callable[[], str],
+        stepper: Stepper | None = None,
+    ):
+        if group.inference == "stateful" and stepper is None:
+            raise ValueError(f"group {group.name!r} is stateful but no stepper was given")
         self.group = group
         self.predict = predictor
+        self.step = stepper
         self.model_version = model_version
         self.window = group.model.window
         self.horizon = group.model.horizon
@@ -96,7 +112,12 @@ class SeriesProcessor:
             key_events.sort(key=lambda e: (e.reading.ts, e.offset))  # the reorder buffer
             steps[key] = self._observe(state, key_events, out, windows)
 
-        forecasts = await self.predict(np.stack(windows)) if windows else np.empty((0,))
+        if not windows:
+            forecasts = np.empty((0,))
+        elif self.group.inference == "stateful":
+            forecasts = await self._step_rounds(steps, states, windows)
+        else:
+            forecasts = await self.predict(np.stack(windows))
         if windows:
             out.outcomes["inferred"] += len(windows)
         version = self.model_version()
@@ -159,6 +180,35 @@ class SeriesProcessor:
             and state.offset is not None
             and event.offset <= state.offset
         )
+
+    # ---- step 2, stateful mode --------------------------------------------------------------
+    async def _step_rounds(
+        self, steps: dict[str, list[_Step]], states: dict[str, KeyState], windows: list[np.ndarray]
+    ) -> np.ndarray:
+        """One LSTM step per event: round r batches the r-th event of every key, so a key's
+        events still go through its state in order. A key whose state is missing, from another
+        model version, or interrupted by a gap is warmed from its window instead."""
+        assert self.step is not None
+        forecasts = np.empty((len(windows), self.horizon, self.channels), np.float32)
+        queues = {
+            key: [s for s in key_steps if s.request is not None] for key, key_steps in steps.items()
+        }
+        for round_index in range(max((len(q) for q in queues.values()), default=0)):
+            keys = [key for key, q in queues.items() if round_index < len(q)]
+            rows = [queues[key][round_index] for key in keys]
+            stored: list[tuple[bytes, str] | None] = []
+            for key, step in zip(keys, rows, strict=True):
+                hidden, version = states[key].hidden, states[key].hidden_version
+                usable = hidden is not None and version is not None and not step.gap
+                stored.append((base64.b64decode(hidden), version) if usable else None)  # type: ignore[arg-type]
+            requests = [step.request for step in rows if step.request is not None]
+            window_rows = np.stack([windows[r] for r in requests])
+            result, new_states, ran = await self.step(window_rows[:, -1, :], stored, window_rows)
+            for key, request, row, blob in zip(keys, requests, result, new_states, strict=True):
+                forecasts[request] = row
+                states[key].hidden = base64.b64encode(blob).decode("ascii")
+                states[key].hidden_version = ran
+        return forecasts
 
     def _check_order(self, state: KeyState, event: InputEvent) -> Rejection | None:
         if state.last_ts is None:

@@ -177,3 +177,84 @@ async def test_multivariate_groups_forecast_each_named_channel() -> None:
     last = out.predictions[-1]
     assert last.channels is not None and set(last.channels) == {"open", "close"}
     assert last.channels["close"]["forecast"][0] == pytest.approx(13.0, rel=1e-4)
+
+
+async def test_stateful_mode_carries_state_exactly_across_batches() -> None:
+    """Warm from the first full window, then one step per event: the last forecast equals
+    unrolling every row seen so far from a zero state, although the state went through base64
+    (as in Redis) between two batches."""
+    import torch
+
+    from models.forecaster import build_forecaster
+    from models.inference import InferenceEngine
+
+    config = ModelConfig(
+        hidden_size=6, num_layers=2, window=WINDOW, horizon=HORIZON, residual=False
+    )
+    model = build_forecaster(config, seed=3)
+    engine = InferenceEngine(model, torch.device("cpu"), version="v1")
+    rows: list[np.ndarray] = []
+    outputs: list[np.ndarray] = []
+
+    async def predict(windows: np.ndarray) -> np.ndarray:
+        return engine.predict(windows)
+
+    async def step(x, stored, windows):  # type: ignore[no-untyped-def]
+        forecast, states, version = engine.step_keys(x, stored, windows)
+        rows.extend(windows[0] if stored[0] is None else x)  # what the state has absorbed
+        outputs.append(forecast[0])
+        return forecast, states, version
+
+    stateful_group = group().model_copy(update={"model": config, "inference": "stateful"})
+    window_group = group().model_copy(update={"model": config})
+    values = wave(40)
+    states: dict[str, KeyState] = {}
+    processor = SeriesProcessor(stateful_group, predict, lambda: "v1", step)
+    first = await run(processor, events("a", values[:20]), states)
+    second = await run(processor, events("a", values[20:], start=20), states)
+    by_window = await run(
+        SeriesProcessor(window_group, predict, lambda: "v1"), events("a", values), {}
+    )
+
+    assert len(first.predictions) + len(second.predictions) == len(by_window.predictions)
+    # the warm-up forecast is the window forecast
+    assert first.predictions[0].forecast == pytest.approx(
+        by_window.predictions[0].forecast, rel=1e-5
+    )
+    assert len(rows) == 40  # one warm window of 8 rows, then 32 single steps
+    with torch.inference_mode():
+        unrolled, _ = model.unroll(torch.from_numpy(np.stack(rows)[None].astype(np.float32)), None)
+    np.testing.assert_allclose(outputs[-1], unrolled[0].numpy(), rtol=1e-4, atol=1e-5)
+    assert states["a"].hidden_version == "v1"
+
+
+async def test_a_model_swap_rewarms_stateful_keys_from_their_window() -> None:
+    import torch
+
+    from models.forecaster import build_forecaster
+    from models.inference import InferenceEngine
+
+    config = ModelConfig(
+        hidden_size=6, num_layers=1, window=WINDOW, horizon=HORIZON, residual=False
+    )
+    engine = InferenceEngine(build_forecaster(config, seed=1), torch.device("cpu"), version="v1")
+    warmed: list[bool] = []
+
+    async def step(x, stored, windows):  # type: ignore[no-untyped-def]
+        warmed.append(stored[0] is None or stored[0][1] != engine.version)  # the engine's rule
+        forecast, states, version = engine.step_keys(x, stored, windows)
+        if warmed[-1]:  # a warmed key gets exactly the window forecast of the model that ran
+            np.testing.assert_allclose(forecast, engine.predict(windows), rtol=1e-5, atol=1e-6)
+        return forecast, states, version
+
+    async def predict(windows: np.ndarray) -> np.ndarray:
+        return engine.predict(windows)
+
+    stateful_group = group().model_copy(update={"model": config, "inference": "stateful"})
+    processor = SeriesProcessor(stateful_group, predict, lambda: engine.version, step)
+    states: dict[str, KeyState] = {}
+    await run(processor, events("a", wave(12)), states)
+    engine.swap(build_forecaster(config, seed=2), version="v2")
+    await run(processor, events("a", wave(14)[12:], start=12), states)
+    assert warmed == [True, False, False, False, False, True, False]
+    assert states["a"].hidden_version == "v2"

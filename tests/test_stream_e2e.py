@@ -291,3 +291,39 @@ def test_overload_pauses_busy_partitions_and_loses_nothing(
         if line.startswith("vigil_partition_pauses_total")
     ]
     assert pauses and pauses[0] > 0  # the bounded buffer did push back
+
+
+def test_a_stateful_group_keeps_its_hidden_state_in_redis_across_a_restart(
+    stream_settings: VigilSettings, tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    groups = [g.model_copy(update={"inference": "stateful"}) for g in small_groups()]
+    settings = stream_settings.model_copy(update={"groups": groups})
+    n = 40
+    first = [(b"sensor-s", reading(1_700_000_000 + 60 * i, series(0, 2 * n)[i])) for i in range(n)]
+    asyncio.run(produce(settings, settings.topics.readings, first))
+    state_key = f"vigil:{settings.app_id}:state:sensors:sensor-s"
+    worker = WorkerProcess(settings, tmp_path, "a").start()
+    try:
+        worker.wait_ready()
+        got = asyncio.run(read_topic(settings, settings.topics.predictions, count=n - WINDOW + 1))
+        assert len(got) == n - WINDOW + 1
+        before = eventually(lambda: json.loads(redis_client.get(state_key)))
+        assert before["hidden"] and before["events"] == n
+    finally:
+        worker.stop()
+    second = [
+        (b"sensor-s", reading(1_700_000_000 + 60 * i, series(0, 2 * n)[i])) for i in range(n, 2 * n)
+    ]
+    asyncio.run(produce(settings, settings.topics.readings, second))
+    worker = WorkerProcess(settings, tmp_path, "b").start()
+    try:
+        worker.wait_ready()
+        got = asyncio.run(
+            read_topic(settings, settings.topics.predictions, count=2 * n - WINDOW + 1)
+        )
+    finally:
+        worker.stop()
+    assert len(got) == 2 * n - WINDOW + 1
+    after = json.loads(redis_client.get(state_key))
+    assert after["events"] == 2 * n and after["hidden"] != before["hidden"]
+    assert after["hidden_version"] == before["hidden_version"]  # no swap: stepped, not re-warmed

@@ -106,6 +106,12 @@ class ModelGroup(BaseModel):
     channels: list[str] = Field(
         default_factory=list, description="names of the values of a multivariate reading, in order"
     )
+    inference: Literal["window", "stateful"] = Field(
+        "window",
+        description="window: one pass over the last `window` values per event; stateful: one"
+        " LSTM step per event from the key's stored hidden state (re-warmed from the window"
+        " after a model swap or a gap)",
+    )
     gap_policy: Literal["carry_forward", "interpolate", "mask"] = Field(
         "carry_forward", description="how missing values are filled in windows (never NaN)"
     )
