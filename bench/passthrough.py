@@ -38,7 +38,8 @@ def build_passthrough_app(settings: VigilSettings) -> faust.App:
         producer_acks=-1,
         broker_session_timeout=settings.stream.session_timeout_s,
         broker_heartbeat_interval=max(1.0, settings.stream.session_timeout_s / 4),
-        stream_buffer_maxsize=max(1024, batch.max_size * 4),
+        stream_buffer_maxsize=max(batch.max_queue, batch.max_size),
+        broker_max_poll_records=min(batch.max_size, 32),
     )
     source = app.topic(settings.topics.readings)
     sink = app.topic(settings.topics.predictions)

@@ -127,6 +127,7 @@ class OverloadPhase:
 
 @dataclass
 class PipelineBenchResult:
+    run: str  # names the bench topics, app ids and worker logs of this run
     model: dict[str, Any]
     batch: dict[str, Any]
     partitions: int
@@ -231,6 +232,7 @@ class PipelineBench:
         self.series = ReadingSeries(plan.keys, partitions, seed=7)
         self.workers: list[WorkerSubprocess] = []
         self.result = PipelineBenchResult(
+            run=run,
             model=plan.group.model.model_dump(),
             batch=self.settings.batch.model_dump(),
             partitions=partitions,
@@ -339,8 +341,8 @@ class PipelineBench:
             )
         records = await self.reader.read(out)
         stamps = np.array([r.timestamp for r in records], dtype=np.float64) / 1000
-        span = float(stamps.max() - stamps.min())
-        rate = (len(records) - 1) / span if span > 0 else 0.0
+        span = max(float(stamps.max() - stamps.min()), 0.001)  # CreateTime has 1 ms steps
+        rate = (len(records) - 1) / span
         self.say(f"{name}: {rate:,.0f} events/s over {span:.1f}s")
         return Throughput(
             name, rate, len(records), span, float(stamps.min()) - start, lost(records)

@@ -1,4 +1,5 @@
-"""Replay a recorded series through the stream's own logic, without Kafka: evaluate what is deployed.
+"""Replay a recorded series through the stream's own logic, without Kafka: what is evaluated is
+what is deployed.
 
 :class:`ReplayHarness` wires one model group the way :class:`stream.group_runtime.GroupRuntime`
 does and feeds readings to :meth:`stream.series_processor.SeriesProcessor.process`, the very
@@ -20,6 +21,8 @@ What differs from the live stream, and why:
   already sends all windows of a chunk in one call. The harness's private event loop serves
   nothing else, so running torch on it blocks nobody.
 * **No registry, no Kafka, no Redis**: versions are the weights' digests, outputs are returned.
+* **One torch thread** while the harness works (``threads``): these models are too small to
+  gain from intra-op threads, and two processes share two cores in ``vigil eval nab``.
 
 No look-ahead: events go in time order, in chunks of ``chunk_size``. Within a chunk every
 forecast comes from a window of earlier rows and from the model as it was before the chunk;
@@ -33,11 +36,15 @@ from __future__ import annotations
 import asyncio
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
+from torch import nn
 
 from models.device import DevicePreference, select_device
 from models.forecaster import Forecaster, build_forecaster
@@ -50,7 +57,17 @@ from stream.validation import InputEvent
 from vigil.records import Alert, Reading
 from vigil.settings import ModelGroup
 
-__all__ = ["DEFAULT_CHUNK", "REPLAY_TOPIC", "ReplayHarness", "ReplayResult", "TrainingSummary"]
+__all__ = [
+    "DEFAULT_CHUNK",
+    "REPLAY_TOPIC",
+    "ReplayHarness",
+    "ReplayResult",
+    "TrainingSummary",
+    "VigilDetector",
+    "VigilForecaster",
+    "forecast_group",
+    "nab_group",
+]
 
 DEFAULT_CHUNK = 256  # events per SeriesProcessor.process call: one forward pass each
 REPLAY_TOPIC = "replay"
@@ -86,7 +103,7 @@ class ReplayResult:
     rejected: dict[int, str]  # row -> rejection code (duplicate, late, shape, ...)
     alerts: list[Alert]
     versions: list[str]  # model version that served each chunk, in order
-    training: TrainingSummary
+    training: TrainingSummary  # since the harness was built
 
 
 class ReplayHarness:
@@ -105,6 +122,7 @@ class ReplayHarness:
         device: DevicePreference = "cpu",
         chunk_size: int = DEFAULT_CHUNK,
         round_every: int | None = None,
+        threads: int | None = 1,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
@@ -112,8 +130,10 @@ class ReplayHarness:
             raise ValueError(f"round_every must be at least 1, got {round_every}")
         self.group = group
         self.chunk_size = chunk_size
+        self.threads = threads
         self.device = select_device(device)
-        model = build_forecaster(group.model, seed)
+        # As GroupRuntime._load_live_model for a group with no live version yet.
+        model = build_forecaster(group.model, seed).to(self.device).eval()
         self.engine = InferenceEngine(model, self.device)
         self.processor = SeriesProcessor(group, self._predict, lambda: self.engine.version)
         self.states: dict[str, KeyState] = {}
@@ -140,7 +160,7 @@ class ReplayHarness:
     async def _predict(self, windows: np.ndarray) -> np.ndarray:
         return self.engine.predict(windows)
 
-    def _on_promote(self, candidate: object, metrics: dict[str, object]) -> None:
+    def _on_promote(self, candidate: nn.Module, metrics: dict[str, Any]) -> None:
         """As GroupRuntime._on_promote, minus the registry: the winner serves from now on."""
         assert isinstance(candidate, Forecaster)
         self.engine.swap(candidate)
@@ -197,8 +217,9 @@ class ReplayHarness:
 
     def process(self, events: list[InputEvent]) -> BatchOutput:
         """One ``SeriesProcessor.process`` call, then training as the live stream would do it."""
-        output = self._loop.run_until_complete(self.processor.process(events, self.states))
-        self._learn(output)
+        with _torch_threads(self.threads):
+            output = self._loop.run_until_complete(self.processor.process(events, self.states))
+            self._learn(output)
         return output
 
     def close(self) -> None:
@@ -268,6 +289,20 @@ class ReplayHarness:
         )
 
 
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads, then restore the process's setting."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---- the evaluation interfaces: NAB detector and online forecaster -------------------------
 def nab_group() -> ModelGroup:
     """The group config ``vigil eval nab --detector vigil`` runs with, the same for every file.
@@ -290,6 +325,7 @@ def forecast_group(horizon: int) -> ModelGroup:
         {
             "name": "forecast",
             "model": {"window": 64, "hidden_size": 32, "num_layers": 1, "horizon": horizon},
+            "training": {"learning_rate": 0.003},
         }
     )
 

@@ -12,7 +12,7 @@ Three stages, each a tail probability ``p`` kept as ``log p`` so that nothing un
   tail. The residuals of real forecasts are far from normal (heavy tails, flat stretches,
   quantised values), so ``p_raw`` alone is badly calibrated; the likelihood learns what is usual
   *for this key* and stays meaningful. One large spike (surprisal at the cap) still moves the
-  mean by many of its standard deviations; a run of moderately unusual residuals that no single
+  mean by several of its standard deviations; a run of moderately unusual residuals that no single
   event would flag adds up.
 * the **repeat filter** (as in NAB's HTM likelihood, which demotes consecutive "red" values to
   "yellow"): an event at or above the alert threshold right after another one is reported in the
@@ -209,8 +209,9 @@ class ResidualScorer:
         self._alpha = 2.0 / (spread_window + 1.0)
         self._short_alpha = 2.0 / (short_window + 1.0)
         self._long_alpha = 2.0 / (long_window + 1.0)
-        # Long-window stats need some history of short means before they mean anything.
-        self._min_long = min(long_window, 5 * short_window)
+        # Long-window stats need some history before they mean anything: the spread settles
+        # over the first EARLY_EVENTS, then one short window of evidence is averaged.
+        self._min_long = min(long_window, EARLY_EVENTS + short_window)
         self._red = _score_to_log_tail(threshold)
         self._hold = 0.5 * (self._red + math.log(1.0 - clear_threshold))  # geometric middle
         self.n = 0  # finite residuals learned

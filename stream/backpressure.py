@@ -12,6 +12,12 @@ fetched for a partition that is paused that way are skipped, and the offsets aft
 still committed — events would be lost. Faust's own buffer flow control has no such gap.
 
 :class:`BufferPressure` only watches: it exports how many partitions are paused and how often.
+
+A buffer sized in events bounds the wait only to ``size / rate``, which at a few hundred events
+per second is seconds. :class:`InWorkerLimit` bounds it by time instead: it measures how many
+events per second the worker handles and, once more events are inside the worker than it can
+finish within ``VIGIL_BATCH__LATENCY_TARGET_MS``, the stream stops letting fetched records in
+(its fetch loop waits; nothing is skipped) until half of them are done.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ class BufferPressure:
         self.paused: set[TP] = set()
         self.pauses = 0
 
-    def tick(self) -> set[TP]:
-        """Read which partitions Faust holds back because their buffer is full."""
+    def tick(self, held: set[TP] | None = None) -> set[TP]:
+        """Read which partitions Faust holds back because their buffer is full; ``held``
+        are those the in-worker limit holds right now (counted where it holds them)."""
         consumer = self.app.consumer
         now = set(getattr(consumer, "_buffered_partitions", set()))
         newly = now - self.paused
@@ -39,5 +46,46 @@ class BufferPressure:
             self.pauses += len(newly)
             self.metrics.partition_pauses.inc(len(newly))
         self.paused = now
-        self.metrics.paused_partitions.set(len(now))
+        self.metrics.paused_partitions.set(len(now | (held or set())))
         return now
+
+
+class InWorkerLimit:
+    """How many events may be inside the worker: what it finishes within the latency target.
+
+    An event that arrives behind ``n`` others waits about ``n / rate``, so with at most
+    ``target x rate`` inside, the wait in the worker stays near the target however much load
+    is offered; the rest waits in Kafka. ``rate`` is smoothed over batches (events handled per
+    second of handling); ``floor`` keeps batches large enough to batch inference at all.
+    """
+
+    def __init__(
+        self, target_s: float, *, floor: int, ceiling: int, smoothing: float = 0.2
+    ) -> None:
+        if target_s <= 0 or not 1 <= floor <= ceiling or not 0 < smoothing <= 1:
+            raise ValueError("target_s > 0, 1 <= floor <= ceiling and 0 < smoothing <= 1 needed")
+        self.target_s = target_s
+        self.floor = floor
+        self.ceiling = ceiling
+        self.smoothing = smoothing
+        self.rate: float | None = None  # events handled per second
+
+    def record(self, events: int, seconds: float) -> None:
+        """Fold in one handled batch."""
+        if events <= 0 or seconds <= 0:
+            return
+        rate = events / seconds
+        self.rate = rate if self.rate is None else self.rate + self.smoothing * (rate - self.rate)
+
+    @property
+    def limit(self) -> int:
+        """Events allowed inside; the ceiling until a batch has been measured."""
+        if self.rate is None:
+            return self.ceiling
+        return max(self.floor, min(self.ceiling, int(self.target_s * self.rate)))
+
+    def full(self, inside: int) -> bool:
+        return inside >= self.limit
+
+    def drained(self, inside: int) -> bool:
+        return inside <= self.limit // 2

@@ -102,8 +102,9 @@ class VigilMetrics:
         )
         self.in_worker = Histogram(
             "vigil_in_worker_seconds",
-            "From Faust handing the event to the agent (message.time_in) to its outputs delivered;"
-            " excludes time waiting in Kafka, so it shows whether backpressure bounds buffering",
+            "From the record reaching the worker (before Faust's stream buffer) to its outputs"
+            " delivered; excludes time waiting in Kafka, so it shows whether backpressure bounds"
+            " buffering",
             buckets=IN_WORKER_BUCKETS,
             registry=r,
         )

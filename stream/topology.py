@@ -10,6 +10,7 @@ recognised and skipped, so nothing is lost and nothing is counted twice in the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Sequence
@@ -20,7 +21,7 @@ import redis.asyncio as aioredis
 from faust.types import TP, EventT
 
 from connectors.alert_dispatch import AlertDispatcher
-from stream.backpressure import BufferPressure
+from stream.backpressure import BufferPressure, InWorkerLimit
 from stream.group_runtime import GroupRuntime
 from stream.key_state import KeyState
 from stream.metrics import VigilMetrics
@@ -77,6 +78,9 @@ class VigilStream:
             broker_heartbeat_interval=max(1.0, settings.stream.session_timeout_s / 4),
             # the bound on in-worker buffering: a full buffer pauses its busiest partitions
             stream_buffer_maxsize=max(settings.batch.max_queue, settings.batch.max_size),
+            # records polled but not yet let in by the in-worker limit below wait in Faust's
+            # fetch loop, counted neither as lag nor as inside the worker: keep polls small
+            broker_max_poll_records=min(settings.batch.max_size, 32),
             **faust_broker_options(settings),
         )
         self.redis = aioredis.Redis.from_url(settings.redis)
@@ -89,6 +93,16 @@ class VigilStream:
         self.groups = {g.name: GroupRuntime(g, settings, self.metrics) for g in settings.groups}
         self.states: dict[str, dict[str, KeyState]] = {name: {} for name in self.groups}
         self.pressure = BufferPressure(self.app, self.metrics)
+        self.arrivals: dict[tuple[str, int, int], float] = {}  # inside the worker, by offset
+        batch = settings.batch
+        self.limit = InWorkerLimit(
+            batch.latency_target_ms / 1000,
+            floor=min(64, batch.max_size),  # smaller batches cost more than they save
+            ceiling=max(batch.max_queue, batch.max_size),
+        )
+        self.room = asyncio.Event()  # cleared while the limit holds the fetch loop
+        self.room.set()
+        self._stamp_arrivals()
         t = settings.topics
         self.predictions = self.app.topic(t.predictions)
         self.alerts = self.app.topic(t.alerts)
@@ -129,6 +143,7 @@ class VigilStream:
 
     async def handle(self, events: Sequence[EventT]) -> None:
         """One batch of raw events from one input topic, start to finish."""
+        started = time.monotonic()
         sends: list[Awaitable[Any]] = []
         routed: dict[str, list[InputEvent]] = {}
         for event in events:
@@ -194,6 +209,8 @@ class VigilStream:
                     await self.dispatcher.submit(alert)
             runtime.learn(output)
             self._count(runtime.group.name, output, raw_by_offset, sent)
+        self.limit.record(len(events), time.monotonic() - started)
+        self._open_room()
 
     async def _send_outputs(
         self, runtime: GroupRuntime, output: BatchOutput, raw: dict[tuple[str, int, int], Any]
@@ -258,14 +275,56 @@ class VigilStream:
             )
         await asyncio.gather(*sends)
 
+    def _stamp_arrivals(self) -> None:
+        """Note when each record enters the worker, and hold the entrance while it is full.
+
+        Faust's own ``message.time_in`` is set when the stream takes an event OUT of its
+        buffer, so it cannot show the wait in it. The conductor's ``on_message`` is where every
+        fetched record enters (the consumer gets it as its callback when the worker starts).
+        While :class:`~stream.backpressure.InWorkerLimit` says the worker is full, the wrapper
+        waits before letting the record in: Faust's fetch loop awaits it, so nothing more is
+        taken from the Kafka client and the excess stays in Kafka as consumer lag. No partition
+        is paused for this: pausing some makes the Kafka client hold back fetches for the
+        others on the same broker (its prefetch back-off), and with all of them paused Faust's
+        fetch loop sleeps a whole second before it looks again.
+        """
+        conductor = self.app.topics
+        deliver = conductor.on_message
+        arrivals = self.arrivals
+        inputs = set(self.settings.input_topics())  # only these reach handle(), which counts out
+
+        async def on_message(message: Any) -> None:
+            if message.topic in inputs:
+                if self.limit.full(len(arrivals)):
+                    await self._wait_for_room()
+                arrivals[(message.topic, message.partition, message.offset)] = time.monotonic()
+            await deliver(message)
+
+        conductor.on_message = on_message
+
+    async def _wait_for_room(self) -> None:
+        """Until half of the events inside are done; at most a second, never wedging the
+        fetch loop (a rebalance drops events that would otherwise be waited for)."""
+        self.room.clear()
+        self.metrics.partition_pauses.inc(len(self.app.consumer.assignment()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.room.wait(), 1.0)
+        self.room.set()
+
+    def _open_room(self) -> None:
+        if not self.room.is_set() and self.limit.drained(len(self.arrivals)):
+            self.room.set()
+
     def _observe_in_worker(self, events: Sequence[EventT]) -> None:
-        """Time since Faust handed each event to the agent (its monitor's monotonic clock)."""
+        """Time each event spent in the worker: arrival (or Faust's time_in) to delivery."""
         now = time.monotonic()
         observe = self.metrics.in_worker.observe
+        arrivals = self.arrivals
         for event in events:
-            time_in = event.message.time_in
-            if time_in is not None:
-                observe(max(0.0, now - time_in))
+            m = event.message
+            start = arrivals.pop((m.topic, m.partition, m.offset), None) or m.time_in
+            if start is not None:
+                observe(max(0.0, now - start))
 
     def _count(
         self, group: str, output: BatchOutput, raw: dict[tuple[str, int, int], Any], sent: float
@@ -293,11 +352,16 @@ class VigilStream:
 
     # ---- housekeeping -------------------------------------------------------------------
     async def _watch_pressure(self) -> None:
-        self.pressure.tick()
+        self._open_room()
+        held = set() if self.room.is_set() else self.app.consumer.assignment()
+        self.pressure.tick(held)
 
     async def _on_revoked(self, app: faust.App, revoked: set[TP], **_: Any) -> None:
         """Forget the state of keys whose partitions left: their new owner reads it from Redis."""
         partitions = {(tp.topic, tp.partition) for tp in revoked}
+        for stamped in [k for k in self.arrivals if (k[0], k[1]) in partitions]:
+            del self.arrivals[stamped]
+        self._open_room()
         for states in self.states.values():
             for key in [k for k, s in states.items() if _owned_by(s, partitions)]:
                 del states[key]

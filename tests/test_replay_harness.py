@@ -207,22 +207,9 @@ def test_vigil_runs_through_the_nab_runner_on_a_real_file(
     )
     np.testing.assert_array_equal(written.anomaly_scores, scores)
 
-    result = CliRunner().invoke(
-        app,
-        [
-            "nab",
-            "--data",
-            str(tmp_path / "data"),
-            "--labels",
-            str(labels),
-            "--out",
-            str(tmp_path / "cli"),
-            "--workers",
-            "1",
-            "--no-progress",
-            "--json",
-        ],  # fmt: skip
-    )
+    args = ["nab", "--data", str(tmp_path / "data"), "--labels", str(labels)]
+    args += ["--out", str(tmp_path / "cli"), "--workers", "1", "--no-progress", "--json"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     assert payload["detector"] == "vigil" and payload["rows"] == 1127

@@ -3,6 +3,7 @@ round-trips exactly."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -179,7 +180,7 @@ def test_tail_to_score_is_one_minus_p_then_strictly_compressed() -> None:
     assert tail_to_score(0.0) == 0.0
     log_tails = [-0.1, -5.0, -13.8, -13.9, -40.0, -745.0, -1e4, -1e6, -1e12, -1e300]
     scores = [tail_to_score(v) for v in log_tails]
-    assert all(a < b < 1.0 for a, b in zip(scores, scores[1:], strict=False))
+    assert all(a < b < 1.0 for a, b in itertools.pairwise(scores))
     # never more confident than the tail itself: P(score >= 1 - q) <= q is kept
     for log_p in log_tails:
         assert 1.0 - tail_to_score(log_p) >= math.exp(log_p) * (1 - 1e-9)
@@ -210,9 +211,9 @@ def test_scores_keep_big_residuals_apart_instead_of_saturating() -> None:
         result = ResidualScorer.from_dict(state).score_one(residual)
         raws.append(result.raw)
         scores.append(result.score)
-    assert all(a < b < 1.0 for a, b in zip(raws, raws[1:], strict=False))
+    assert all(a < b < 1.0 for a, b in itertools.pairwise(raws))
     # the likelihood weighs evidence up to the surprisal cap, then is equally sure
-    assert all(a <= b < 1.0 for a, b in zip(scores, scores[1:], strict=False))
+    assert all(a <= b < 1.0 for a, b in itertools.pairwise(scores))
     assert scores[0] < scores[1] < scores[2]  # below the cap, more evidence scores higher
 
 

@@ -79,7 +79,7 @@ def test_the_event_loop_stays_responsive_while_torch_runs_flat_out(
                     name="heavy",
                     model=ModelConfig(hidden_size=96, num_layers=2, window=48, horizon=1),
                     training=TrainingConfig(
-                        min_examples=64, holdout_size=16, batch_size=64, steps_per_round=40
+                        min_examples=64, holdout_size=16, batch_size=128, steps_per_round=150
                     ),
                     detector=DetectorConfig(warmup_events=20),
                 )
