@@ -98,6 +98,7 @@ class LatencyPhase:
     e2e_max_ms: float
     in_worker_p50_ms: float
     in_worker_p99_ms: float
+    backlog_at_end: int  # produced but not yet predicted when the load stopped: kept up?
     lost: int
     duplicates: int
 
@@ -223,6 +224,7 @@ class PipelineBench:
                     "groups": [plan.small_group],
                     "topics": topics.model_copy(
                         update={
+                            "readings": f"bench-{run}.small-readings",
                             "predictions": f"bench-{run}.small-predictions",
                             "model_versions": f"bench-{run}.small-model-versions",
                         }
@@ -310,6 +312,13 @@ class PipelineBench:
 
     async def _small_model_phase(self, settings: VigilSettings) -> None:
         group = settings.groups[0]
+        series = ReadingSeries(self.plan.keys, settings.topics.partitions, seed=7)
+        async with ReadingProducer(settings.bootstrap, settings.topics.readings, series) as p:
+            await p.backlog(
+                self.plan.events_per_key,
+                interval_s=self.plan.backlog_interval_s,
+                end_ts=time.time() - 1.0,
+            )  # the same backlog, on a topic of its own (the main one has the paced phases)
         self.say(f"vigil worker with a small model ({_describe(group)}) draining the backlog")
         expected_per_key = self.plan.events_per_key - group.model.window + 1
         with self._worker(settings, "vigil-small", VIGIL_WORKER) as worker:
@@ -318,7 +327,7 @@ class PipelineBench:
                 settings,
                 "vigil, small model",
                 self.plan.keys * expected_per_key,
-                lambda records: _lost_per_key(records, self.series.keys, expected_per_key),
+                lambda records: _lost_per_key(records, series.keys, expected_per_key),
             )
         self.result.small_model_config = group.model.model_dump()
 
@@ -385,6 +394,7 @@ class PipelineBench:
         self.say(f"latency: offering {rate:,.0f} readings/s for {seconds:.0f}s")
         before = await self._snapshot()
         run = await self.producer.paced(rate, seconds)
+        at_end = await self._snapshot()
         drain = await self._wait_for_predictions(before, run.sent)
         after = await self._snapshot()
         e2e, lost, dupes = await self._outputs_since(before, after)
@@ -399,6 +409,7 @@ class PipelineBench:
             e2e_max_ms=_percentile_ms(e2e, 100),
             in_worker_p50_ms=in_worker.quantile(0.5) * 1000,
             in_worker_p99_ms=in_worker.quantile(0.99) * 1000,
+            backlog_at_end=_backlog(before, at_end),
             lost=lost,
             duplicates=dupes,
         )
@@ -422,15 +433,14 @@ class PipelineBench:
         finally:
             stop.set()
             await sampler
-        produced = sum(at_end.readings.values()) - sum(before.readings.values())
-        predicted = sum(at_end.predictions.values()) - sum(before.predictions.values())
+        backlog = _backlog(before, at_end)
         lag = await committed_lag(
             self.settings.bootstrap,
             self.settings.app_id,
             self.settings.topics.readings,
             at_end.readings,
         )
-        self.say(f"overload {factor}x: load stopped with {produced - predicted:,} events waiting")
+        self.say(f"overload {factor}x: load stopped with {backlog:,} events waiting")
         drain = await self._wait_for_predictions(before, run.sent)
         after = await self._snapshot()
         e2e, lost, dupes = await self._outputs_since(before, after)
@@ -453,7 +463,7 @@ class PipelineBench:
                 pauses=int(after.pauses - before.pauses),
                 paused_partitions_max=int(max(samples, default=0)),
                 paused_share=sum(1 for s in samples if s > 0) / len(samples) if samples else 0.0,
-                backlog_at_end=produced - predicted,
+                backlog_at_end=backlog,
                 committed_lag_at_end=lag,
                 drain_seconds=drain,
                 lost=lost,
@@ -554,6 +564,13 @@ class _Snapshot:
     predictions: Offsets
     in_worker: BucketCounts
     pauses: float
+
+
+def _backlog(before: _Snapshot, at_end: _Snapshot) -> int:
+    """Readings produced between two snapshots that had no prediction yet at the second."""
+    produced = sum(at_end.readings.values()) - sum(before.readings.values())
+    predicted = sum(at_end.predictions.values()) - sum(before.predictions.values())
+    return produced - predicted
 
 
 def _describe(group: ModelGroup) -> str:
@@ -661,7 +678,11 @@ def print_report(result: PipelineBenchResult) -> None:
         None,
         [f"{o.paused_partitions_max}; {o.paused_share:.0%}" for o in over],
     )
-    row("backlog when the load stopped", None, [f"{o.backlog_at_end:,}" for o in over])
+    row(
+        "backlog when the load stopped",
+        lambda h: f"{h.backlog_at_end:,}",
+        [f"{o.backlog_at_end:,}" for o in over],
+    )
     row(
         "consumer group lag then",
         None,

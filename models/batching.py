@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from vigil.settings import BatchConfig
 
@@ -209,7 +210,14 @@ class BatchScheduler:
         if self._task is not None:
             return
         self._stopping = False
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"vigil-inference-{self.name}")
+        # torch's intra-op thread count is per OS thread (OpenMP): a new thread would use every
+        # core; carry over the count the process chose (`VIGIL_TORCH_THREADS`).
+        self._executor = ThreadPoolExecutor(
+            1,
+            thread_name_prefix=f"vigil-inference-{self.name}",
+            initializer=torch.set_num_threads,
+            initargs=(torch.get_num_threads(),),
+        )
         self._task = asyncio.get_running_loop().create_task(
             self._collect(), name=f"vigil-batch-{self.name}"
         )

@@ -351,6 +351,7 @@ class OnlineTrainer:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
+        self._threads = torch.get_num_threads()  # per OS thread in OpenMP: carried over in _run
         self._thread = threading.Thread(
             target=self._run, name=f"vigil-trainer-{self.group}", daemon=True
         )
@@ -377,6 +378,7 @@ class OnlineTrainer:
         return fresh >= self.new_examples_per_round and self.ready()
 
     def _run(self) -> None:
+        torch.set_num_threads(self._threads)
         last_round = -math.inf
         while not self._stop.is_set():
             self._wake.wait(self.idle_check_s)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import redis
+import torch
 from torch import nn
 
 from models.batching import BatchRecord, BatchScheduler
@@ -49,7 +50,12 @@ class GroupRuntime:
         )
         # Stateful steps are tiny and sequential per round: they run on one thread of their own
         # (the batch scheduler's thread serves window mode), never on the event loop.
-        self._stepper = ThreadPoolExecutor(1, thread_name_prefix=f"vigil-step-{group.name}")
+        self._stepper = ThreadPoolExecutor(
+            1,
+            thread_name_prefix=f"vigil-step-{group.name}",
+            initializer=torch.set_num_threads,  # per OS thread: carry the process's choice
+            initargs=(torch.get_num_threads(),),
+        )
         self.version = "none"
         self.engine: InferenceEngine | None = None
         self.scheduler: BatchScheduler | None = None
