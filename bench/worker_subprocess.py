@@ -43,9 +43,12 @@ def worker_env(settings: VigilSettings, web_port: int) -> dict[str, str]:
             "VIGIL_DEVICE": settings.device,
             "VIGIL_TORCH_THREADS": str(settings.torch_threads),
             "VIGIL_WEB_PORT": str(web_port),
-            "VIGIL_WEBHOOKS": "[]",
+            "VIGIL_WEBHOOKS": json.dumps([w.model_dump(mode="json") for w in settings.webhooks]),
+            "VIGIL_ALERTING": settings.alerting.model_dump_json(),
         }
     )
+    if settings.webhook_signing_key is not None:
+        env["VIGIL_WEBHOOK_SIGNING_KEY"] = settings.webhook_signing_key.get_secret_value()
     return env
 
 
@@ -97,6 +100,12 @@ class WorkerSubprocess:
                 pass
             time.sleep(0.3)
         raise TimeoutError(f"worker not ready after {timeout_s}s:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, no final commit (crash tests)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
 
     def metrics(self) -> str:
         return httpx.get(f"{self.url}/metrics", timeout=10).text

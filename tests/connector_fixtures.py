@@ -16,15 +16,10 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from bench.worker_subprocess import free_port
 from vigil.settings import VigilSettings
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
