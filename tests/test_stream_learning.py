@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.kafka_io import produce, read_topic, reading, values
+from tests.polling import eventually
 from tests.worker_process import WorkerProcess
 from vigil.settings import (
     BatchConfig,
@@ -79,7 +80,7 @@ def test_the_event_loop_stays_responsive_while_torch_runs_flat_out(
                     name="heavy",
                     model=ModelConfig(hidden_size=96, num_layers=2, window=48, horizon=1),
                     training=TrainingConfig(
-                        min_examples=64, holdout_size=16, batch_size=128, steps_per_round=150
+                        min_examples=64, holdout_size=16, batch_size=128, steps_per_round=80
                     ),
                     detector=DetectorConfig(warmup_events=20),
                 )
@@ -102,7 +103,16 @@ def test_the_event_loop_stays_responsive_while_torch_runs_flat_out(
         found = asyncio.run(
             read_topic(configured, configured.topics.predictions, count=expected, timeout_s=180)
         )
-        metrics = worker.metrics()
+        # rounds are long on purpose; wait until two have finished (the loop lag window is 60 s)
+        metrics = eventually(
+            lambda: (
+                (m := worker.metrics())
+                and sample(m, "vigil_training_round_seconds_count") >= 2
+                and m
+            ),
+            timeout_s=120,
+            interval_s=1.0,
+        )
     finally:
         worker.stop()
     assert len(found) >= expected
