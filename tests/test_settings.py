@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vigil.cli import app
-from vigil.settings import ConfigError, load_settings
+from vigil.settings import ConfigError, VigilSettings, load_settings
 from vigil.settings_table import rows
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -85,3 +85,22 @@ def test_readme_documents_every_variable() -> None:
     text = README.read_text()
     missing = [variable for variable, _, _ in rows() if f"`{variable}`" not in text]
     assert not missing, f"README.md lacks {missing}: regenerate with `vigil settings --table`"
+
+
+@pytest.mark.services
+def test_kafka_storage_formats_with_a_cluster_id_that_starts_with_a_dash(
+    services: VigilSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random ids are URL-safe base64, so about one in 64 starts with "-"."""
+    import vigil.local_kafka as local_kafka
+
+    dashed = next(i for i in iter(local_kafka.kafka_uuid, None) if i.startswith("-"))
+    monkeypatch.setattr(local_kafka, "kafka_uuid", lambda: dashed)
+    fresh = services.model_copy(
+        update={"local": services.local.model_copy(update={"home": tmp_path})}
+    )
+    broker = local_kafka.LocalKafka(fresh)
+    broker.libs = local_kafka.LocalKafka(services).fetch()  # the jars the session already has
+    broker._write_config()
+    broker._format()
+    assert f"cluster.id={dashed}" in (broker.data / "meta.properties").read_text()

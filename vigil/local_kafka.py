@@ -186,8 +186,10 @@ class LocalKafka:
     def _format(self) -> None:
         if (self.data / "meta.properties").exists():
             return
+        # "=" form: a random id may start with "-", which argparse would take for an option
+        cluster_id = f"--cluster-id={kafka_uuid()}"
         command = self._java(
-            "kafka.tools.StorageTool", "format", "-t", kafka_uuid(), "-c", str(self.config)
+            "kafka.tools.StorageTool", "format", cluster_id, "-c", str(self.config)
         )
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
