@@ -153,7 +153,7 @@ class BatchConfig(BaseModel):
     max_wait_ms: float = Field(
         5.0, ge=0, le=10_000, description="longest wait to fill a batch (also the reorder buffer)"
     )
-    latency_target_ms: float = Field(50.0, gt=0, description="batch sizing aims under this")
+    latency_target_ms: float = Field(25.0, gt=0, description="batch sizing aims under this")
     max_queue: int = Field(
         1024, ge=1, description="events buffered per input topic before busy partitions pause"
     )
