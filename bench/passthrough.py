@@ -18,29 +18,13 @@ from typing import Any, cast
 import faust
 from faust.web import Request, Response, View
 
+from stream.topology import faust_app_options
 from vigil.settings import VigilSettings, load_settings
 
 
 def build_passthrough_app(settings: VigilSettings) -> faust.App:
     batch = settings.batch
-    app = faust.App(
-        settings.app_id,
-        broker=[f"kafka://{host}" for host in settings.bootstrap.split(",")],
-        store="memory://",
-        web_port=settings.web_port,
-        web_host="127.0.0.1",
-        key_serializer="raw",
-        value_serializer="raw",
-        topic_partitions=settings.topics.partitions,
-        consumer_auto_offset_reset="earliest",
-        broker_commit_every=500,
-        broker_commit_interval=1.0,
-        producer_acks=-1,
-        broker_session_timeout=settings.stream.session_timeout_s,
-        broker_heartbeat_interval=max(1.0, settings.stream.session_timeout_s / 4),
-        stream_buffer_maxsize=max(batch.max_queue, batch.max_size),
-        broker_max_poll_records=min(batch.max_size, 32),
-    )
+    app = faust.App(settings.app_id, **faust_app_options(settings))  # the same Faust set-up
     source = app.topic(settings.topics.readings)
     sink = app.topic(settings.topics.predictions)
 

@@ -55,34 +55,39 @@ def faust_broker_options(settings: VigilSettings) -> dict[str, Any]:
     return {"broker_credentials": ssl_context}
 
 
+def faust_app_options(settings: VigilSettings, web_port: int | None = None) -> dict[str, Any]:
+    """How Vigil configures Faust (shared with the benchmark's bare passthrough app)."""
+    batch, stream = settings.batch, settings.stream
+    return {
+        "broker": [f"kafka://{host}" for host in settings.bootstrap.split(",")],
+        "store": "memory://",
+        "web_port": web_port or settings.web_port,
+        "web_host": "0.0.0.0",
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "topic_partitions": settings.topics.partitions,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_commit_every": 500,
+        "broker_commit_interval": 1.0,
+        "producer_acks": -1,
+        "broker_session_timeout": stream.session_timeout_s,
+        "broker_heartbeat_interval": max(1.0, stream.session_timeout_s / 4),
+        # the bound on in-worker buffering: a full buffer pauses its busiest partitions
+        "stream_buffer_maxsize": max(batch.max_queue, batch.max_size),
+        # records polled but not yet let in by the in-worker limit wait in Faust's fetch loop,
+        # counted neither as lag nor as inside the worker: keep polls small
+        "broker_max_poll_records": min(batch.max_size, 32),
+        **faust_broker_options(settings),
+    }
+
+
 class VigilStream:
     """Owns the Faust app, the model groups, the Redis state store and the metrics."""
 
     def __init__(self, settings: VigilSettings, *, web_port: int | None = None) -> None:
         self.settings = settings
         self.metrics = VigilMetrics()
-        self.app = faust.App(
-            settings.app_id,
-            broker=[f"kafka://{host}" for host in settings.bootstrap.split(",")],
-            store="memory://",
-            web_port=web_port or settings.web_port,
-            web_host="0.0.0.0",
-            key_serializer="raw",
-            value_serializer="raw",
-            topic_partitions=settings.topics.partitions,
-            consumer_auto_offset_reset="earliest",
-            broker_commit_every=500,
-            broker_commit_interval=1.0,
-            producer_acks=-1,
-            broker_session_timeout=settings.stream.session_timeout_s,
-            broker_heartbeat_interval=max(1.0, settings.stream.session_timeout_s / 4),
-            # the bound on in-worker buffering: a full buffer pauses its busiest partitions
-            stream_buffer_maxsize=max(settings.batch.max_queue, settings.batch.max_size),
-            # records polled but not yet let in by the in-worker limit below wait in Faust's
-            # fetch loop, counted neither as lag nor as inside the worker: keep polls small
-            broker_max_poll_records=min(settings.batch.max_size, 32),
-            **faust_broker_options(settings),
-        )
+        self.app = faust.App(settings.app_id, **faust_app_options(settings, web_port))
         self.redis = aioredis.Redis.from_url(settings.redis)
         self.store = StateStore(
             self.redis, settings.app_id, alert_stream_maxlen=settings.stream.alert_stream_maxlen
