@@ -12,6 +12,7 @@ import httpx
 import pytest
 import redis
 
+from bench.prometheus_histogram import sample_total
 from tests.kafka_io import produce, read_topic, reading, values
 from tests.polling import eventually
 from tests.worker_process import WorkerProcess
@@ -238,15 +239,10 @@ def test_two_workers_split_the_partitions(stream_settings: VigilSettings, tmp_pa
             read_topic(settings, settings.topics.predictions, count=expected, timeout_s=90)
         )
         assert len({(r.partition, r.offset) for r in predictions}) >= expected
-        processed = []
-        for worker in workers:
-            text = worker.metrics()
-            total = sum(
-                float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines()
-                if line.startswith('vigil_events_total{group="sensors",outcome="predicted"}')
-            )
-            processed.append(total)
+        processed = [
+            sample_total(w.metrics(), "vigil_events_total", group="sensors", outcome="predicted")
+            for w in workers
+        ]
         assert all(count > 0 for count in processed), processed  # both workers did real work
     finally:
         for worker in workers:
@@ -285,12 +281,7 @@ def test_overload_pauses_busy_partitions_and_loses_nothing(
     for key, offsets in per_key_offsets.items():
         missing = [o for o in offsets[WINDOW - 1 :] if o not in covered]
         assert not missing, f"{key}: lost {len(missing)} events, e.g. {missing[:3]}"
-    pauses = [
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("vigil_partition_pauses_total")
-    ]
-    assert pauses and pauses[0] > 0  # the bounded buffer did push back
+    assert sample_total(metrics, "vigil_partition_pauses_total") > 0  # the buffer pushed back
 
 
 def test_a_stateful_group_keeps_its_hidden_state_in_redis_across_a_restart(
