@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 import uuid
@@ -52,6 +53,9 @@ from vigil.topics import ensure_topics
 RATIO_TARGET = 0.30  # Vigil events/s ÷ bare passthrough events/s
 LATENCY_P99_TARGET_MS = 100.0  # event to prediction at half the max rate
 IN_WORKER = "vigil_in_worker_seconds"
+STAGE = "vigil_handle_stage_seconds"
+STAGES = ("decode", "load_state", "process", "deliver", "save_state", "handle")
+BATCH_EVENTS = "vigil_handled_batch_events"
 PASSTHROUGH = ("-m", "bench.passthrough")
 
 Progress = Callable[[str], None]
@@ -85,6 +89,8 @@ class Throughput:
     seconds: float  # first to last output's CreateTime
     startup_s: float  # worker process start to its first output
     lost: int = 0
+    batch_events_mean: float | None = None  # a Vigil worker's batches (from its /metrics)
+    stage_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,6 +107,8 @@ class LatencyPhase:
     backlog_at_end: int  # produced but not yet predicted when the load stopped: kept up?
     lost: int
     duplicates: int
+    batch_events_mean: float = 0.0  # events per batch the agent handled
+    stage_ms: dict[str, float] = field(default_factory=dict)  # mean per batch, by stage
 
 
 @dataclass
@@ -124,6 +132,8 @@ class OverloadPhase:
     drain_seconds: float | None
     lost: int
     duplicates: int
+    batch_events_mean: float = 0.0
+    stage_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -308,6 +318,11 @@ class PipelineBench:
             lambda records: _lost_per_key(records, self.series.keys, expected_per_key),
         )
         await asyncio.to_thread(vigil.wait_ready)
+        drained = await self._snapshot()  # the worker's metrics started at zero with it
+        self.result.vigil.batch_events_mean = drained.batch_events.mean
+        self.result.vigil.stage_ms = {
+            name: drained.stages[name].mean * 1000 for name in STAGES if name in drained.stages
+        }
         await self._check_redis_state()
 
     async def _small_model_phase(self, settings: VigilSettings) -> None:
@@ -412,6 +427,8 @@ class PipelineBench:
             backlog_at_end=_backlog(before, at_end),
             lost=lost,
             duplicates=dupes,
+            batch_events_mean=at_end.batch_events.minus(before.batch_events).mean,
+            stage_ms=_stage_means_ms(before, at_end),
         )
         if drain is None:
             self.say("latency: not every reading got its prediction in time")
@@ -468,6 +485,8 @@ class PipelineBench:
                 drain_seconds=drain,
                 lost=lost,
                 duplicates=dupes,
+                batch_events_mean=at_end.batch_events.minus(before.batch_events).mean,
+                stage_ms=_stage_means_ms(before, at_end),
             )
         )
 
@@ -487,6 +506,8 @@ class PipelineBench:
             predictions=await self.reader.end_offsets(topics.predictions),
             in_worker=histogram(text, IN_WORKER),
             pauses=sample_total(text, "vigil_partition_pauses_total"),
+            batch_events=histogram(text, BATCH_EVENTS),
+            stages={name: histogram(text, STAGE, stage=name) for name in STAGES},
         )
 
     async def _wait_for_predictions(self, before: _Snapshot, produced: int) -> float | None:
@@ -564,6 +585,17 @@ class _Snapshot:
     predictions: Offsets
     in_worker: BucketCounts
     pauses: float
+    batch_events: BucketCounts
+    stages: dict[str, BucketCounts]
+
+
+def _stage_means_ms(before: _Snapshot, after: _Snapshot) -> dict[str, float]:
+    """Mean milliseconds per batch in each stage of the agent between two scrapes."""
+    return {
+        name: after.stages[name].minus(before.stages[name]).mean * 1000
+        for name in STAGES
+        if name in after.stages and name in before.stages
+    }
 
 
 def _backlog(before: _Snapshot, at_end: _Snapshot) -> int:
@@ -626,6 +658,13 @@ def print_report(result: PipelineBenchResult) -> None:
                 str(t.lost),
             )
     console.print(rates)
+    drained = result.vigil
+    if drained is not None and drained.batch_events_mean is not None:
+        stages = ", ".join(f"{name} {ms:.1f} ms" for name, ms in drained.stage_ms.items())
+        console.print(
+            f"vigil while draining: {drained.batch_events_mean:.0f} events per batch; "
+            f"mean per batch: {stages}"
+        )
     if result.small_model_config:
         s = result.small_model_config
         console.print(
@@ -694,6 +733,17 @@ def print_report(result: PipelineBenchResult) -> None:
         ["not drained" if o.drain_seconds is None else f"{o.drain_seconds:.1f} s" for o in over],
     )
     row("readings without a prediction", lambda h: str(h.lost), [str(o.lost) for o in over])
+    row(
+        "events per batch (mean)",
+        lambda h: f"{h.batch_events_mean:.0f}",
+        [f"{o.batch_events_mean:.0f}" for o in over],
+    )
+    for stage in STAGES:
+        row(
+            f"  {stage} per batch (mean)",
+            lambda h, stage=stage: ms(h.stage_ms.get(stage, math.nan)),  # type: ignore[misc]
+            [ms(o.stage_ms.get(stage, math.nan)) for o in over],
+        )
     if lat is not None or over:
         console.print(loads)  # fmt: skip
 

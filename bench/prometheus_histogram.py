@@ -67,14 +67,17 @@ class BucketCounts:
         return (below[-1] if below else 0.0) / self.count
 
 
-def histogram(text: str, name: str) -> BucketCounts:
-    """The buckets of histogram ``name`` (summed over its label sets) in exposition text."""
+def histogram(text: str, name: str, **labels: str) -> BucketCounts:
+    """The buckets of histogram ``name`` in exposition text, summed over the label sets that
+    include ``labels``."""
     counts: dict[float, float] = {}
     total = 0.0
     for family in text_string_to_metric_families(text):
         if family.name != name:
             continue
         for sample in family.samples:
+            if any(sample.labels.get(k) != v for k, v in labels.items()):
+                continue
             if sample.name == f"{name}_bucket":
                 bound = float(sample.labels["le"])
                 counts[bound] = counts.get(bound, 0.0) + sample.value

@@ -17,7 +17,8 @@ measured slow during a transient stall gets a chance to prove it fits again.
 
 While a batch runs, new requests queue; when it returns they form the next batch straight away,
 so under load batches grow to the cap by themselves, and under light load a request waits at
-most ``max_wait_ms`` before it runs.
+most ``max_wait_ms`` before it runs. ``submit_many`` is a batch its caller has already gathered
+(the stream agent hands over every window of a Kafka batch at once): it does not wait for more.
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ class BatchScheduler:
         self._in_flight: list[_Request] = []
         self._wake = asyncio.Event()
         self._wanted = 1  # queue length at which the collector wants waking
+        self._gathered = False  # a submit_many is queued: run without waiting for more
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._stopping = False
@@ -254,9 +256,24 @@ class BatchScheduler:
         return await future
 
     async def submit_many(self, windows: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-        """Queue several windows ``[N, T, F]``; returns ``[N, H, F]`` in the same order."""
-        results = await asyncio.gather(*(self.submit(window) for window in windows))
-        return np.stack(results)
+        """Queue several windows ``[N, T, F]``; returns ``[N, H, F]`` in the same order.
+
+        The caller has gathered them already, so they run without waiting ``max_wait_ms``."""
+        if not self.running:
+            raise SchedulerStoppedError("the batch scheduler is not running; call start() first")
+        checked = [self._check(window) for window in windows]  # all or nothing
+        if not checked:
+            raise ValueError("submit_many needs at least one window")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        futures: list[asyncio.Future[np.ndarray]] = []
+        for array in checked:
+            future: asyncio.Future[np.ndarray] = loop.create_future()
+            self._pending.append(_Request(array, future, now))
+            futures.append(future)
+        self._gathered = True
+        self._wake.set()
+        return np.stack(await asyncio.gather(*futures))
 
     @property
     def queue_depth(self) -> int:
@@ -304,12 +321,15 @@ class BatchScheduler:
                     await self._wait_for(1, None)
                     continue
                 cap = self._sizer.next_cap()
-                if len(self._pending) < cap and self.config.max_wait_ms > 0:
+                waiting = not self._gathered and self.config.max_wait_ms > 0
+                if len(self._pending) < cap and waiting:
                     deadline = self._pending[0].enqueued + self.config.max_wait_ms / 1000.0
                     await self._wait_for(cap, deadline - loop.time())
                 if self._stopping:
                     break
                 batch = self._take(cap)
+                if not self._pending:
+                    self._gathered = False
                 if batch:
                     await self._run(batch, cap, loop)
         finally:

@@ -204,8 +204,11 @@ class OnlineTrainer:
             and buffer.trainable > 0
         )
 
-    def run_round(self) -> RoundResult:
-        """Train a candidate, evaluate it against the live model, promote or discard it."""
+    def run_round(self, pace: Callable[[], None] | None = None) -> RoundResult:
+        """Train a candidate, evaluate it against the live model, promote or discard it.
+
+        ``pace`` is called after every optimiser step and after the evaluation (the thread
+        passes its :class:`CpuBudget`; a direct call runs flat out)."""
         with self._round_lock:
             started = time.perf_counter()
             examples = self.buffer.added
@@ -217,7 +220,9 @@ class OnlineTrainer:
             live = self.live_model
             progress: dict[str, Any] = {"steps": 0, "losses": [], "lr": self.lr}
             try:
-                candidate, live_loss, candidate_loss = self._train_and_evaluate(live, progress)
+                candidate, live_loss, candidate_loss = self._train_and_evaluate(
+                    live, progress, pace or _no_pause
+                )
                 self._judge(live, live_loss, candidate_loss)
                 result = RoundResult(
                     "promoted",
@@ -247,7 +252,7 @@ class OnlineTrainer:
             return result
 
     def _train_and_evaluate(
-        self, live: nn.Module, progress: dict[str, Any]
+        self, live: nn.Module, progress: dict[str, Any], pace: Callable[[], None]
     ) -> tuple[nn.Module, float, float]:
         cfg = self.config
         # Two private copies: the candidate to train and a frozen baseline to score, so the
@@ -286,6 +291,7 @@ class OnlineTrainer:
             progress["steps"] += 1
             with self._lock:
                 self._stats.steps += 1
+            pace()
         if not _weights_finite(candidate):
             raise _Rejected(NONFINITE_WEIGHTS)
 
@@ -294,6 +300,7 @@ class OnlineTrainer:
         hx, hy = self.buffer.holdout()
         live_loss = _evaluate(baseline, hx, hy, device)
         candidate_loss = _evaluate(candidate, hx, hy, device)
+        pace()
         progress["live_loss"], progress["candidate_loss"] = live_loss, candidate_loss
         if not math.isfinite(candidate_loss):
             raise _Rejected(NONFINITE_LOSS, "on the holdout")
@@ -379,6 +386,7 @@ class OnlineTrainer:
 
     def _run(self) -> None:
         torch.set_num_threads(self._threads)
+        budget = CpuBudget(self.config.cpu_share, self._stop.wait)
         last_round = -math.inf
         while not self._stop.is_set():
             self._wake.wait(self.idle_check_s)
@@ -391,7 +399,8 @@ class OnlineTrainer:
             if not self._due():
                 continue
             try:
-                self.run_round()
+                budget.start()
+                self.run_round(budget.rest)
             except Exception:
                 log.exception("group %s: training round failed", self.group)
                 with self._lock:
@@ -399,6 +408,45 @@ class OnlineTrainer:
                     self._rejections[ERROR] += 1
             last_round = time.monotonic()
             self._wake.set()  # more may have arrived during the round: check again
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
+class CpuBudget:
+    """Keeps a thread computing at most ``share`` of wall time: after each slice of work it
+    rests until work / (work + rest) is down to ``share``.
+
+    Wall time, not CPU time, is measured on purpose: when the machine is busy a slice takes
+    longer, so the trainer rests longer and leaves the cores to inference. ``sleep(seconds)``
+    returns True to end a rest early (the trainer's stop event).
+    """
+
+    def __init__(self, share: float, sleep: Callable[[float], bool] = _sleep) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"cpu share must be in (0, 1], got {share}")
+        self.share = share
+        self.sleep = sleep
+        self.rested = 0.0  # seconds spent resting, in all
+        self._mark = time.perf_counter()
+
+    def start(self) -> None:
+        """A new stretch of work begins now (time since the last rest is not counted)."""
+        self._mark = time.perf_counter()
+
+    def rest(self) -> None:
+        worked = time.perf_counter() - self._mark
+        pause = worked * (1.0 / self.share - 1.0)
+        if pause > 0:
+            self.rested += pause
+            self.sleep(pause)
+        self._mark = time.perf_counter()
+
+
+def _no_pause() -> None:
+    return None
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> Tensor:

@@ -108,6 +108,22 @@ class VigilMetrics:
             buckets=IN_WORKER_BUCKETS,
             registry=r,
         )
+        self.handle_stage = Histogram(
+            "vigil_handle_stage_seconds",
+            "Time one batch of events spends in each stage of the agent: decode, load_state,"
+            " process (windows, inference, scoring), deliver (outputs sent and acknowledged by"
+            " Kafka, states encoded meanwhile),"
+            " save_state (state to Redis, alerts, training feed), and the whole batch (handle)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.handled_events = Histogram(
+            "vigil_handled_batch_events",
+            "Events per batch the agent handles (Faust's take_events)",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         r.register(_DefaultRegistryBridge())
 
     def set_live_version(self, group: str, version: str) -> None:

@@ -3,19 +3,36 @@
 State is what lets a partition move to another worker, or a worker restart, without replaying
 history: a key's window, normaliser and detector state are loaded the first time the key is
 seen and written back after every batch whose outputs have been delivered to Kafka.
+
+A batch's write is encoded first (:meth:`StateStore.encode`, while Kafka is still acknowledging
+the outputs) and sent after (:meth:`StateStore.write`). States are strict JSON (every estimator
+keeps non-finite numbers out of its ``to_dict``), encoded with orjson: a key's state holds a few
+hundred floats, which the standard library's encoder turns into text about 14 times slower, and
+at a few events per key per batch that encoding was the largest cost of saving state.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
-from vigil.records import Alert, Prediction
+from vigil.records import Alert
 
 ALERT_DEDUP_TTL_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class StateWrite:
+    """One batch's Redis write, already encoded: states by Redis key, latest prediction by
+    series key."""
+
+    states: dict[str, bytes] = field(default_factory=dict)
+    latest: dict[str, bytes] = field(default_factory=dict)
 
 
 class StateStore:
@@ -34,21 +51,26 @@ class StateStore:
         if not keys:
             return {}
         raw = await self.client.mget([self.state_key(group, k) for k in keys])
-        return {k: json.loads(v) for k, v in zip(keys, raw, strict=True) if v is not None}
+        return {k: orjson.loads(v) for k, v in zip(keys, raw, strict=True) if v is not None}
 
-    async def save(
+    def encode(
         self,
         states: Mapping[tuple[str, str], dict[str, Any]],
-        predictions: Iterable[Prediction] = (),
-    ) -> None:
-        """Write states (by (group, key)) and latest predictions in one pipelined transaction."""
-        latest: dict[Any, Any] = {p.key: p.model_dump_json() for p in predictions}
-        if not states and not latest:
+        latest: Mapping[str, bytes] | None = None,
+    ) -> StateWrite:
+        """States by (group, key) and the latest prediction JSON by series key, ready to write."""
+        encoded = {self.state_key(g, k): orjson.dumps(state) for (g, k), state in states.items()}
+        return StateWrite(encoded, dict(latest or {}))
+
+    async def write(self, batch: StateWrite) -> None:
+        """One pipelined transaction: states and latest predictions land together or not."""
+        if not batch.states and not batch.latest:
             return
         async with self.client.pipeline(transaction=True) as pipe:
-            for (group, key), state in states.items():
-                pipe.set(self.state_key(group, key), json.dumps(state, separators=(",", ":")))
-            if latest:
+            if batch.states:
+                pipe.mset(batch.states)
+            if batch.latest:
+                latest: dict[Any, Any] = batch.latest  # redis-py's Mapping is invariant
                 pipe.hset(self.predictions_hash, mapping=latest)
             await pipe.execute()
 

@@ -149,6 +149,7 @@ class VigilStream:
     async def handle(self, events: Sequence[EventT]) -> None:
         """One batch of raw events from one input topic, start to finish."""
         started = time.monotonic()
+        stage = StageClock(self.metrics.handle_stage, started)
         sends: list[Awaitable[Any]] = []
         routed: dict[str, list[InputEvent]] = {}
         for event in events:
@@ -186,6 +187,7 @@ class VigilStream:
                 )
                 continue
             routed.setdefault(group.name, []).append(decoded)
+        stage.done("decode")
 
         outputs: list[tuple[GroupRuntime, BatchOutput, dict[str, KeyState]]] = []
         for name, group_events in routed.items():
@@ -193,40 +195,56 @@ class VigilStream:
             unknown = sorted({e.key for e in group_events} - states.keys())
             for key, stored in (await self.store.load_states(name, unknown)).items():
                 states[key] = KeyState.from_dict(stored)
+            stage.done("load_state")
             output = await runtime.processor.process(group_events, states)
             outputs.append((runtime, output, states))
+            stage.done("process")
 
         raw_by_offset = {
             (e.message.topic, e.message.partition, e.message.offset): e.message for e in events
         }
+        latest: dict[str, bytes] = {}  # newest prediction per key, for the Redis hash
         for runtime, output, _ in outputs:
-            sends.extend(await self._send_outputs(runtime, output, raw_by_offset))
+            sends.extend(await self._send_outputs(runtime, output, raw_by_offset, latest))
+        # Encoded while Kafka acknowledges the outputs; written only once it has.
+        write = self.store.encode(
+            {
+                (runtime.group.name, key): states[key].to_dict()
+                for runtime, output, states in outputs
+                for key in output.touched
+            },
+            latest,
+        )
         if sends:
             await asyncio.gather(*sends)  # delivered before the state that assumes them is saved
+        stage.done("deliver")
         sent = time.time()
         self._observe_in_worker(events)
-        for runtime, output, states in outputs:
-            touched = {(runtime.group.name, key): states[key].to_dict() for key in output.touched}
-            await self.store.save(touched, output.predictions)
-            self.metrics.state_writes.inc(len(touched))
+        await self.store.write(write)
+        self.metrics.state_writes.inc(len(write.states))
+        for runtime, output, _ in outputs:
             for alert in output.alerts:
                 if await self.store.record_alert(alert) and self.dispatcher is not None:
                     await self.dispatcher.submit(alert)
             runtime.learn(output)
             self._count(runtime.group.name, output, raw_by_offset, sent)
-        self.limit.record(len(events), time.monotonic() - started)
+        stage.done("save_state")
+        self.metrics.handled_events.observe(len(events))
+        self.limit.record(len(events), stage.total("handle"))
         self._open_room()
 
     async def _send_outputs(
-        self, runtime: GroupRuntime, output: BatchOutput, raw: dict[tuple[str, int, int], Any]
+        self,
+        runtime: GroupRuntime,
+        output: BatchOutput,
+        raw: dict[tuple[str, int, int], Any],
+        latest: dict[str, bytes],
     ) -> list[Awaitable[Any]]:
         sends = []
         for prediction in output.predictions:
-            sends.append(
-                await self.predictions.send(
-                    key=prediction.key.encode(), value=prediction.model_dump_json().encode()
-                )
-            )
+            value = prediction.model_dump_json().encode()
+            latest[prediction.key] = value  # predictions come in time order per key
+            sends.append(await self.predictions.send(key=prediction.key.encode(), value=value))
         for alert in output.alerts:
             sends.append(
                 await self.alerts.send(
@@ -397,6 +415,29 @@ class VigilStream:
                     max(0, highwater - position)
                 )
         self.metrics.queue_depth.set(self.queue_depth())
+
+
+class StageClock:
+    """Times the stages of one batch into a histogram labelled by stage (a stage that runs
+    once per model group adds up over the groups)."""
+
+    def __init__(self, histogram: Any, started: float) -> None:
+        self.histogram = histogram
+        self.started = self.mark = started
+        self.spent: dict[str, float] = {}
+
+    def done(self, stage: str) -> None:
+        now = time.monotonic()
+        self.spent[stage] = self.spent.get(stage, 0.0) + now - self.mark
+        self.mark = now
+
+    def total(self, name: str) -> float:
+        """Observe every stage and the whole batch (as ``name``); the whole batch's seconds."""
+        whole = time.monotonic() - self.started
+        for stage, seconds in self.spent.items():
+            self.histogram.labels(stage).observe(seconds)
+        self.histogram.labels(name).observe(whole)
+        return whole
 
 
 def _owned_by(state: KeyState, partitions: set[tuple[str, int]]) -> bool:

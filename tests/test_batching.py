@@ -118,6 +118,24 @@ async def test_a_lone_request_waits_at_most_max_wait() -> None:
     assert scheduler.stats().recent[0].wait_seconds >= 0.015
 
 
+async def test_a_gathered_batch_does_not_wait_for_more() -> None:
+    """submit_many hands over a batch its caller already gathered: no max_wait on top."""
+    predictor = RecordingPredictor()
+    scheduler = await started(predictor, max_wait_ms=1000.0)
+    try:
+        out = await asyncio.wait_for(
+            scheduler.submit_many(np.stack([window(k) for k in range(3)])), timeout=0.5
+        )
+        lone = await asyncio.wait_for(scheduler.submit(window(4)), timeout=2.0)
+        assert lone[0, 0] == 8.0
+    finally:
+        await scheduler.stop()
+    np.testing.assert_array_equal(out[:, 0, 0], [0.0, 2.0, 4.0])
+    assert predictor.calls == [3, 1]
+    waits = [r.wait_seconds for r in scheduler.stats().recent]
+    assert waits[0] < 0.5 and waits[1] >= 0.9  # a lone submit still waits for company
+
+
 async def test_errors_reach_every_caller_of_the_failed_batch_only() -> None:
     predictor = RecordingPredictor()
     records: list[BatchRecord] = []

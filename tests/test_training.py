@@ -294,3 +294,72 @@ def test_background_thread_runs_rounds_and_stops_cleanly() -> None:
     feed(config.batch_size)
     time.sleep(0.3)
     assert trainer.stats.rounds == 2  # stopped means stopped
+
+
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_cpu_budget_rests_in_proportion_to_the_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _FakeClock()
+    monkeypatch.setattr(training.time, "perf_counter", clock.perf_counter)
+    rests: list[float] = []
+
+    def sleep(seconds: float) -> bool:
+        rests.append(seconds)
+        clock.now += seconds
+        return False
+
+    budget = training.CpuBudget(0.25, sleep)
+    budget.start()
+    clock.now += 0.02  # a 20 ms step
+    budget.rest()
+    clock.now += 0.01
+    budget.rest()  # the earlier rest is not counted as work
+    assert rests == pytest.approx([0.06, 0.03])
+    assert budget.rested == pytest.approx(0.09)
+    clock.now += 5.0  # idle between rounds ...
+    budget.start()  # ... is not work either
+    clock.now += 0.004
+    budget.rest()
+    assert rests[-1] == pytest.approx(0.012)
+    assert training.CpuBudget(1.0, sleep).share == 1.0
+    with pytest.raises(ValueError, match="cpu share"):
+        training.CpuBudget(0.0, sleep)
+
+
+def test_a_round_paces_after_every_step_and_after_the_evaluation() -> None:
+    config = _config(steps_per_round=7)
+    trainer = OnlineTrainer(_model(), _sine_buffer(config), config)
+    calls: list[int] = []
+    result = trainer.run_round(pace=lambda: calls.append(trainer.stats.steps))
+    assert result.steps == 7
+    assert calls == [1, 2, 3, 4, 5, 6, 7, 7]  # one per step, one after the shadow evaluation
+
+
+def test_the_background_thread_keeps_to_its_cpu_share() -> None:
+    """With a share of 0.2 the thread rests about four times as long as it trains."""
+    config = _config(steps_per_round=10, cpu_share=0.2)
+    buffer = _sine_buffer(config)
+    rounds: list[RoundResult] = []
+    trainer = OnlineTrainer(
+        _model(), buffer, config, min_interval_s=0.0, idle_check_s=30, on_round=rounds.append
+    )
+    trainer.run_round()  # warm-up
+    flat_out = trainer.run_round().duration_s  # the same work, unpaced
+    for i in range(config.batch_size):  # new examples: a round is due
+        x = np.sin((np.arange(WINDOW) + i) / 3)[:, None]
+        buffer.add(x, np.full((HORIZON, 1), np.sin((WINDOW + i) / 3)))
+    trainer.start()
+    trainer.notify()
+    deadline = time.monotonic() + 30
+    while len(rounds) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    trainer.stop(timeout=10)
+    assert len(rounds) == 3, "the thread ran no round"
+    # a paced round's wall time includes its rests: about work / share = 5 x flat out
+    assert rounds[2].duration_s > 2.5 * flat_out

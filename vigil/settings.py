@@ -75,6 +75,13 @@ class TrainingConfig(BaseModel):
         ge=0,
         description="flagged events in a row after which a persistent shift may be learned",
     )
+    cpu_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="share of wall time the trainer thread may compute; it rests the remainder "
+        "so inference keeps the CPU",
+    )
 
 
 class DetectorConfig(BaseModel):
