@@ -54,7 +54,7 @@ RATIO_TARGET = 0.30  # Vigil events/s ÷ bare passthrough events/s
 LATENCY_P99_TARGET_MS = 100.0  # event to prediction at half the max rate
 IN_WORKER = "vigil_in_worker_seconds"
 STAGE = "vigil_handle_stage_seconds"
-STAGES = ("decode", "load_state", "process", "deliver", "save_state", "handle")
+STAGES = ("decode", "load_state", "process", "send", "deliver", "save_state", "handle")
 BATCH_EVENTS = "vigil_handled_batch_events"
 PASSTHROUGH = ("-m", "bench.passthrough")
 

@@ -111,8 +111,8 @@ class VigilMetrics:
         self.handle_stage = Histogram(
             "vigil_handle_stage_seconds",
             "Time one batch of events spends in each stage of the agent: decode, load_state,"
-            " process (windows, inference, scoring), deliver (outputs sent and acknowledged by"
-            " Kafka, states encoded meanwhile),"
+            " process (windows, inference, scoring), send (outputs handed to the producer, states"
+            " encoded), deliver (until Kafka acknowledged them; overlaps the next batch),"
             " save_state (state to Redis, alerts, training feed), and the whole batch (handle)",
             ["stage"],
             buckets=LATENCY_BUCKETS,

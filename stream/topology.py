@@ -14,7 +14,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Sequence
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import faust
 import redis.asyncio as aioredis
@@ -26,12 +27,13 @@ from stream.group_runtime import GroupRuntime
 from stream.key_state import KeyState
 from stream.metrics import VigilMetrics
 from stream.series_processor import BatchOutput
-from stream.state_store import StateStore
+from stream.state_store import StateStore, StateWrite
 from stream.validation import InputEvent, Rejection, decode_event
 from vigil.records import DeadLetter, ModelAnnouncement
 from vigil.settings import VigilSettings
 
 log = logging.getLogger("vigil.stream")
+_T = TypeVar("_T")
 
 
 def faust_broker_options(settings: VigilSettings) -> dict[str, Any]:
@@ -99,6 +101,7 @@ class VigilStream:
         self.states: dict[str, dict[str, KeyState]] = {name: {} for name in self.groups}
         self.pressure = BufferPressure(self.app, self.metrics)
         self.arrivals: dict[tuple[str, int, int], float] = {}  # inside the worker, by offset
+        self.finishing: set[asyncio.Task[None]] = set()  # batches waiting for Kafka and Redis
         batch = settings.batch
         self.limit = InWorkerLimit(
             batch.latency_target_ms / 1000,
@@ -134,20 +137,65 @@ class VigilStream:
             batches = cast(faust.Stream, stream).take_events(
                 batch.max_size, within=batch.max_wait_ms / 1000
             )
-            async for events in batches:
-                try:
-                    await self.handle(events)
-                except Exception as exc:  # never crash the agent: Faust would ack the batch
-                    log.exception(
-                        "batch of %d events failed; sending it to dead letters", len(events)
-                    )
-                    await self._dead_letter_batch(events, exc)
+            finishing: asyncio.Task[None] | None = None
+            try:
+                async for events in batches:
+                    for event in events:  # Faust's ack after this loop body is not the last one
+                        event.message.incref()
+                    in_flight = await self._guarded(events, self.handle(events))
+                    if finishing is not None:
+                        await finishing  # batches finish in order, one behind the next
+                    finishing = None
+                    if in_flight is not None:
+                        finishing = self._finish_soon(events, in_flight)
+            finally:
+                if finishing is not None:
+                    await asyncio.shield(finishing)
 
         ingest.__name__ = f"ingest_{topic_name.replace('.', '_').replace('-', '_')}"
         self.app.agent(topic, name=f"vigil.ingest.{topic_name}")(ingest)
 
-    async def handle(self, events: Sequence[EventT]) -> None:
-        """One batch of raw events from one input topic, start to finish."""
+    def _finish_soon(
+        self, events: Sequence[EventT], in_flight: InFlightBatch
+    ) -> asyncio.Task[None]:
+        """Run the batch's second half while the agent takes and processes the next batch."""
+
+        async def run() -> None:
+            await self._guarded(events, self.finish(in_flight))
+            self._ack(events)
+
+        task = asyncio.ensure_future(run())
+        self.finishing.add(task)
+        task.add_done_callback(self.finishing.discard)
+        return task
+
+    async def _guarded(self, events: Sequence[EventT], work: Awaitable[_T]) -> _T | None:
+        """Never crash the agent: a batch that fails goes to dead letters (and is acked)."""
+        try:
+            return await work
+        except Exception as exc:
+            log.exception("batch of %d events failed; sending it to dead letters", len(events))
+            await self._dead_letter_batch(events, exc)
+            self._ack(events)
+            return None
+
+    def _ack(self, events: Sequence[EventT]) -> None:
+        """The last ack of each event: only now may Kafka commit its offset."""
+        on_message_out = self.app.sensors.on_message_out
+        for event in events:
+            message = event.message
+            if not message.acked and event.ack():
+                on_message_out(message.tp, message.offset, message)
+
+    async def handle(self, events: Sequence[EventT]) -> InFlightBatch:
+        """First half of a batch: decode, route, process, send the outputs (not yet acked by
+        Kafka) and encode the states they lead to.
+
+        The second half, :meth:`finish`, waits for Kafka's acknowledgements, then writes the
+        states to Redis and acks the events; the agent runs it while it processes the next
+        batch. Each event holds an extra reference that only :meth:`_ack` releases, so Faust
+        cannot commit an offset before the state that includes its event is saved.
+        """
         started = time.monotonic()
         stage = StageClock(self.metrics.handle_stage, started)
         sends: list[Awaitable[Any]] = []
@@ -206,7 +254,7 @@ class VigilStream:
         latest: dict[str, bytes] = {}  # newest prediction per key, for the Redis hash
         for runtime, output, _ in outputs:
             sends.extend(await self._send_outputs(runtime, output, raw_by_offset, latest))
-        # Encoded while Kafka acknowledges the outputs; written only once it has.
+        # Encoded now, before the next batch changes them; written once Kafka has the outputs.
         write = self.store.encode(
             {
                 (runtime.group.name, key): states[key].to_dict()
@@ -215,19 +263,26 @@ class VigilStream:
             },
             latest,
         )
-        if sends:
-            await asyncio.gather(*sends)  # delivered before the state that assumes them is saved
+        stage.done("send")
+        return InFlightBatch(events, sends, write, outputs, raw_by_offset, stage)
+
+    async def finish(self, batch: InFlightBatch) -> None:
+        """Second half of a batch: outputs acknowledged by Kafka, then state saved in Redis."""
+        stage, events = batch.stage, batch.events
+        stage.mark = time.monotonic()  # time spent waiting for the agent is no stage's
+        if batch.sends:
+            await asyncio.gather(*batch.sends)  # delivered before the state assuming them is saved
         stage.done("deliver")
         sent = time.time()
         self._observe_in_worker(events)
-        await self.store.write(write)
-        self.metrics.state_writes.inc(len(write.states))
-        for runtime, output, _ in outputs:
+        await self.store.write(batch.write)
+        self.metrics.state_writes.inc(len(batch.write.states))
+        for runtime, output, _ in batch.outputs:
             for alert in output.alerts:
                 if await self.store.record_alert(alert) and self.dispatcher is not None:
                     await self.dispatcher.submit(alert)
             runtime.learn(output)
-            self._count(runtime.group.name, output, raw_by_offset, sent)
+            self._count(runtime.group.name, output, batch.raw_by_offset, sent)
         stage.done("save_state")
         self.metrics.handled_events.observe(len(events))
         self.limit.record(len(events), stage.total("handle"))
@@ -380,7 +435,10 @@ class VigilStream:
         self.pressure.tick(held)
 
     async def _on_revoked(self, app: faust.App, revoked: set[TP], **_: Any) -> None:
-        """Forget the state of keys whose partitions left: their new owner reads it from Redis."""
+        """Forget the state of keys whose partitions left: their new owner reads it from Redis
+        (once the batches still finishing here have written theirs)."""
+        if self.finishing:
+            await asyncio.gather(*self.finishing, return_exceptions=True)
         partitions = {(tp.topic, tp.partition) for tp in revoked}
         for stamped in [k for k in self.arrivals if (k[0], k[1]) in partitions]:
             del self.arrivals[stamped]
@@ -415,6 +473,18 @@ class VigilStream:
                     max(0, highwater - position)
                 )
         self.metrics.queue_depth.set(self.queue_depth())
+
+
+@dataclass
+class InFlightBatch:
+    """A batch between :meth:`VigilStream.handle` and :meth:`VigilStream.finish`."""
+
+    events: Sequence[EventT]
+    sends: list[Awaitable[Any]]  # Kafka deliveries of its outputs
+    write: StateWrite  # the states its events lead to, encoded
+    outputs: list[tuple[GroupRuntime, BatchOutput, dict[str, KeyState]]]
+    raw_by_offset: dict[tuple[str, int, int], Any]
+    stage: StageClock
 
 
 class StageClock:
