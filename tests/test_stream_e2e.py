@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -318,3 +319,64 @@ def test_a_stateful_group_keeps_its_hidden_state_in_redis_across_a_restart(
     after = json.loads(redis_client.get(state_key))
     assert after["events"] == 2 * n and after["hidden"] != before["hidden"]
     assert after["hidden_version"] == before["hidden_version"]  # no swap: stepped, not re-warmed
+
+
+def _committed(settings: VigilSettings, partition: int) -> int:
+    """The worker's consumer group's committed offset on one readings partition (-1: none)."""
+
+    async def read() -> int:
+        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.structs import TopicPartition
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(settings.app_id)
+        finally:
+            await admin.close()
+        meta = offsets.get(TopicPartition(settings.topics.readings, partition))
+        return meta.offset if meta is not None else -1
+
+    return asyncio.run(read())
+
+
+def test_offsets_are_committed_only_after_the_state_is_saved(
+    stream_settings: VigilSettings, tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    """Redis refuses writes for a while (CLIENT PAUSE WRITE): predictions still reach Kafka,
+    but the consumer group's offset must not pass the events whose state is not saved."""
+    settings = stream_settings
+    key = b"sensor-p"
+    state_key = f"vigil:{settings.app_id}:state:sensors:sensor-p"
+    data = series(0, 120)
+
+    def batch(start: int, stop: int) -> list[tuple[bytes, bytes]]:
+        return [(key, reading(1_700_000_000 + 60 * i, data[i])) for i in range(start, stop)]
+
+    sent = asyncio.run(produce(settings, settings.topics.readings, batch(0, 60)))
+    partition = sent[0].partition
+    worker = WorkerProcess(settings, tmp_path).start()
+    try:
+        worker.wait_ready()
+        eventually(lambda: json.loads(redis_client.get(state_key) or b"{}").get("events") == 60)
+        eventually(lambda: _committed(settings, partition) == sent[-1].offset + 1, timeout_s=15)
+        committed_before = _committed(settings, partition)
+
+        redis_client.execute_command("CLIENT", "PAUSE", 6000, "WRITE")
+        try:
+            asyncio.run(produce(settings, settings.topics.readings, batch(60, 120)))
+            # the outputs of the new events are delivered although their state cannot be saved
+            wanted = 60 - WINDOW + 2  # at least one prediction of a new event
+            got = asyncio.run(
+                read_topic(settings, settings.topics.predictions, count=wanted, timeout_s=4)
+            )
+            assert len(got) >= wanted
+            time.sleep(2.5)  # more than two commit intervals (1 s)
+            assert _committed(settings, partition) == committed_before
+            assert json.loads(redis_client.get(state_key))["events"] == 60
+        finally:
+            redis_client.execute_command("CLIENT", "UNPAUSE")
+        eventually(lambda: json.loads(redis_client.get(state_key))["events"] == 120)
+        eventually(lambda: _committed(settings, partition) == committed_before + 60, timeout_s=15)
+    finally:
+        worker.stop()
