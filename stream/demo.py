@@ -31,6 +31,7 @@ from connectors.replay import FileReplay
 from vigil import local_services
 from vigil.records import Reading
 from vigil.settings import (
+    BatchConfig,
     DetectorConfig,
     ModelConfig,
     ModelGroup,
@@ -119,6 +120,7 @@ def run_demo(settings: VigilSettings, *, speedup: float, seconds: float, keep_up
     )  # fmt: skip
     demo = settings.model_copy(update={
         "app_id": f"vigil-demo-{run}", "topics": topics, "groups": demo_groups(),
+        "batch": BatchConfig(max_size=256, max_wait_ms=5),
     })  # fmt: skip
     asyncio.run(ensure_topics(demo))
     web_port = int(os.environ.get("VIGIL_DEMO_WEB_PORT", "6067"))

@@ -158,7 +158,7 @@ class BatchConfig(BaseModel):
 
     max_size: int = Field(256, ge=1, le=65536, description="windows per forward pass at most")
     max_wait_ms: float = Field(
-        10.0, ge=0, le=10_000, description="longest wait to fill a batch (also the reorder buffer)"
+        5.0, ge=0, le=10_000, description="longest wait to fill a batch (also the reorder buffer)"
     )
     latency_target_ms: float = Field(25.0, gt=0, description="batch sizing aims under this")
     max_queue: int = Field(
