@@ -2,9 +2,15 @@
 
 Data flows one way: readings topic → validation → :class:`~stream.series_processor.SeriesProcessor`
 (batched inference on a model thread) → predictions / alerts / drift / dead-letter topics and
-Redis. Outputs are delivered to Kafka *before* the batch's state is written to Redis, and each
-key's state remembers the last offset it absorbed: after a crash the redelivered events are
-recognised and skipped, so nothing is lost and nothing is counted twice in the state.
+Redis. Outputs are delivered to Kafka *before* the batch's state is written to Redis, offsets
+are committed only *after* it, and each key's state remembers the last offset it absorbed: after
+a crash the redelivered events are recognised and skipped, so nothing is lost and nothing is
+counted twice in the state.
+
+A batch runs in two halves: :meth:`VigilStream.handle` (decode, process, send) and
+:meth:`VigilStream.finish` (Kafka's acknowledgements, Redis, the final ack). The agent runs the
+second half of one batch while it processes the next, so the round trips to the broker and to
+Redis no longer sit between two batches.
 """
 
 from __future__ import annotations
