@@ -420,15 +420,20 @@ class CpuBudget:
     rests until work / (work + rest) is down to ``share``.
 
     Wall time, not CPU time, is measured on purpose: when the machine is busy a slice takes
-    longer, so the trainer rests longer and leaves the cores to inference. ``sleep(seconds)``
-    returns True to end a rest early (the trainer's stop event).
+    longer, so the trainer rests longer and leaves the cores to inference. One rest lasts at most
+    ``max_rest_s``: a one-off slow slice (the first step builds its kernels, about a second)
+    would otherwise stall learning for several seconds. ``sleep(seconds)`` returns True to end
+    a rest early (the trainer's stop event).
     """
 
-    def __init__(self, share: float, sleep: Callable[[float], bool] = _sleep) -> None:
+    def __init__(
+        self, share: float, sleep: Callable[[float], bool] = _sleep, *, max_rest_s: float = 1.0
+    ) -> None:
         if not 0 < share <= 1:
             raise ValueError(f"cpu share must be in (0, 1], got {share}")
         self.share = share
         self.sleep = sleep
+        self.max_rest_s = max_rest_s
         self.rested = 0.0  # seconds spent resting, in all
         self._mark = time.perf_counter()
 
@@ -438,7 +443,7 @@ class CpuBudget:
 
     def rest(self) -> None:
         worked = time.perf_counter() - self._mark
-        pause = worked * (1.0 / self.share - 1.0)
+        pause = min(worked * (1.0 / self.share - 1.0), self.max_rest_s)
         if pause > 0:
             self.rested += pause
             self.sleep(pause)

@@ -45,13 +45,19 @@ console = Console(soft_wrap=True)  # one line per record, also in CI logs
 
 
 def demo_groups() -> list[ModelGroup]:
-    """Market and sensor series behave differently, so they get model groups of their own."""
+    """Market and sensor series behave differently, so they get model groups of their own.
+
+    The demo replays years of history in seconds, so its trainers get a whole core
+    (``cpu_share=1``): at the default quarter they would see a few rounds in the whole replay.
+    """
     return [
         ModelGroup(
             name="market",
             key_patterns=["market.*"],
             model=ModelConfig(cell="lstm", hidden_size=32, num_layers=1, window=32, horizon=5),
-            training=TrainingConfig(min_examples=64, holdout_size=32, steps_per_round=10),
+            training=TrainingConfig(
+                min_examples=64, holdout_size=32, steps_per_round=10, cpu_share=1.0
+            ),
             detector=DetectorConfig(
                 warmup_events=64, threshold=0.995, clear_threshold=0.9, cooldown_events=20
             ),
@@ -60,7 +66,9 @@ def demo_groups() -> list[ModelGroup]:
             name="sensors",
             key_patterns=["sensor.*"],
             model=ModelConfig(cell="lstm", hidden_size=64, num_layers=2, window=48, horizon=1),
-            training=TrainingConfig(min_examples=128, holdout_size=64, steps_per_round=10),
+            training=TrainingConfig(
+                min_examples=128, holdout_size=64, steps_per_round=10, cpu_share=1.0
+            ),
             detector=DetectorConfig(
                 warmup_events=300, threshold=0.995, clear_threshold=0.9, cooldown_events=48
             ),

@@ -327,6 +327,9 @@ def test_cpu_budget_rests_in_proportion_to_the_work(monkeypatch: pytest.MonkeyPa
     clock.now += 0.004
     budget.rest()
     assert rests[-1] == pytest.approx(0.012)
+    clock.now += 2.0  # a one-off slow slice (kernel set-up) ...
+    budget.rest()
+    assert rests[-1] == pytest.approx(1.0)  # ... rests at most max_rest_s, not 6 s
     assert training.CpuBudget(1.0, sleep).share == 1.0
     with pytest.raises(ValueError, match="cpu share"):
         training.CpuBudget(0.0, sleep)
