@@ -245,12 +245,7 @@ class BatchScheduler:
     # ---- requests ------------------------------------------------------------------------
     async def submit(self, window: np.ndarray) -> np.ndarray:
         """Queue one normalised window ``[T, F]``; returns its forecast ``[H, F]``."""
-        if not self.running:
-            raise SchedulerStoppedError("the batch scheduler is not running; call start() first")
-        checked = self._check(window)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._pending.append(_Request(checked, future, loop.time()))
+        (future,) = self._enqueue([window])
         if len(self._pending) >= self._wanted:
             self._wake.set()
         return await future
@@ -259,11 +254,20 @@ class BatchScheduler:
         """Queue several windows ``[N, T, F]``; returns ``[N, H, F]`` in the same order.
 
         The caller has gathered them already, so they run without waiting ``max_wait_ms``."""
+        futures = self._enqueue(windows)
+        if not futures:
+            raise ValueError("submit_many needs at least one window")
+        self._gathered = True
+        self._wake.set()
+        return np.stack(await asyncio.gather(*futures))
+
+    def _enqueue(
+        self, windows: np.ndarray | Sequence[np.ndarray]
+    ) -> list[asyncio.Future[np.ndarray]]:
+        """Check every window first (all or nothing), then queue each with its own future."""
         if not self.running:
             raise SchedulerStoppedError("the batch scheduler is not running; call start() first")
-        checked = [self._check(window) for window in windows]  # all or nothing
-        if not checked:
-            raise ValueError("submit_many needs at least one window")
+        checked = [self._check(window) for window in windows]
         loop = asyncio.get_running_loop()
         now = loop.time()
         futures: list[asyncio.Future[np.ndarray]] = []
@@ -271,9 +275,7 @@ class BatchScheduler:
             future: asyncio.Future[np.ndarray] = loop.create_future()
             self._pending.append(_Request(array, future, now))
             futures.append(future)
-        self._gathered = True
-        self._wake.set()
-        return np.stack(await asyncio.gather(*futures))
+        return futures
 
     @property
     def queue_depth(self) -> int:
