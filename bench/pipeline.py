@@ -320,9 +320,7 @@ class PipelineBench:
         await asyncio.to_thread(vigil.wait_ready)
         drained = await self._snapshot()  # the worker's metrics started at zero with it
         self.result.vigil.batch_events_mean = drained.batch_events.mean
-        self.result.vigil.stage_ms = {
-            name: drained.stages[name].mean * 1000 for name in STAGES if name in drained.stages
-        }
+        self.result.vigil.stage_ms = _stage_means_ms(drained)
         await self._check_redis_state()
 
     async def _small_model_phase(self, settings: VigilSettings) -> None:
@@ -428,7 +426,7 @@ class PipelineBench:
             lost=lost,
             duplicates=dupes,
             batch_events_mean=at_end.batch_events.minus(before.batch_events).mean,
-            stage_ms=_stage_means_ms(before, at_end),
+            stage_ms=_stage_means_ms(at_end, before),
         )
         if drain is None:
             self.say("latency: not every reading got its prediction in time")
@@ -486,7 +484,7 @@ class PipelineBench:
                 lost=lost,
                 duplicates=dupes,
                 batch_events_mean=at_end.batch_events.minus(before.batch_events).mean,
-                stage_ms=_stage_means_ms(before, at_end),
+                stage_ms=_stage_means_ms(at_end, before),
             )
         )
 
@@ -589,13 +587,16 @@ class _Snapshot:
     stages: dict[str, BucketCounts]
 
 
-def _stage_means_ms(before: _Snapshot, after: _Snapshot) -> dict[str, float]:
-    """Mean milliseconds per batch in each stage of the agent between two scrapes."""
-    return {
-        name: after.stages[name].minus(before.stages[name]).mean * 1000
-        for name in STAGES
-        if name in after.stages and name in before.stages
-    }
+def _stage_means_ms(after: _Snapshot, before: _Snapshot | None = None) -> dict[str, float]:
+    """Mean milliseconds per batch in each stage of the agent between two scrapes (or since
+    the worker started)."""
+    means = {}
+    for name in STAGES:
+        counts = after.stages[name]
+        if before is not None:
+            counts = counts.minus(before.stages[name])
+        means[name] = counts.mean * 1000
+    return means
 
 
 def _backlog(before: _Snapshot, at_end: _Snapshot) -> int:

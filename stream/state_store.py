@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -31,8 +31,8 @@ class StateWrite:
     """One batch's Redis write, already encoded: states by Redis key, latest prediction by
     series key."""
 
-    states: dict[str, bytes] = field(default_factory=dict)
-    latest: dict[str, bytes] = field(default_factory=dict)
+    states: dict[str, bytes]
+    latest: dict[str, bytes]
 
 
 class StateStore:
@@ -56,11 +56,11 @@ class StateStore:
     def encode(
         self,
         states: Mapping[tuple[str, str], dict[str, Any]],
-        latest: Mapping[str, bytes] | None = None,
+        latest: Mapping[str, bytes],
     ) -> StateWrite:
         """States by (group, key) and the latest prediction JSON by series key, ready to write."""
         encoded = {self.state_key(g, k): orjson.dumps(state) for (g, k), state in states.items()}
-        return StateWrite(encoded, dict(latest or {}))
+        return StateWrite(encoded, dict(latest))
 
     async def write(self, batch: StateWrite) -> None:
         """One pipelined transaction: states and latest predictions land together or not."""
