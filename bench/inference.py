@@ -336,6 +336,8 @@ def print_report(result: InferenceBenchResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from bench.target_table import target_table
+
     console = Console()
     cfg = result.model
     title = (
@@ -391,23 +393,13 @@ def print_report(result: InferenceBenchResult) -> None:
         )
     console.print(sweep)
 
-    targets = Table(title="Targets")
-    for column in ("target", "measured", "goal", "met"):
-        targets.add_column(column)
     labels = {
         "batched_vs_loop": ("batched ÷ per-window loop", "{:.1f}x", "≥ {:.0f}x"),
         "gemm_fraction_batch": (f"model ÷ GEMM at batch {result.batch}", "{:.0%}", "≥ {:.0%}"),
         "gemm_fraction_best_sweep": ("model ÷ GEMM, best of sweep", "{:.0%}", "≥ {:.0%}"),
         "stateful_cost_256_vs_32": ("stateful µs/event, window 256 ÷ 32", "{:.2f}x", "≤ {:.1f}x"),
     }
-    for key, outcome in result.targets().items():
-        label, shown, goal = labels[key]
-        targets.add_row(
-            label,
-            shown.format(outcome["value"]),
-            goal.format(outcome["target"]),
-            "yes" if outcome["met"] else "NO",
-        )
+    targets = target_table(result.targets(), labels)
     targets.add_row(
         "window mode µs/window, 256 ÷ 32 (contrast)", f"{result.window_cost_ratio:.1f}x", "", ""
     )

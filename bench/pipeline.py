@@ -637,6 +637,8 @@ def print_report(result: PipelineBenchResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from bench.target_table import target_table
+
     console = Console(width=max(100, Console().width))
     m, b = result.model, result.batch
     title = (
@@ -748,9 +750,6 @@ def print_report(result: PipelineBenchResult) -> None:
     if lat is not None or over:
         console.print(loads)  # fmt: skip
 
-    targets = Table(title="Targets")
-    for column in ("target", "measured", "goal", "met"):
-        targets.add_column(column)
     shown = {
         "vigil_vs_passthrough": ("Vigil ÷ bare Faust passthrough", "{:.0%}", "≥ {:.0%}"),
         "p99_latency_ms_at_half_max": (
@@ -760,15 +759,7 @@ def print_report(result: PipelineBenchResult) -> None:
         ),
         "no_lost_events": ("readings without a prediction", "{}", "{}"),
     }
-    for key, outcome in result.targets().items():
-        label, value, goal = shown[key]
-        targets.add_row(
-            label,
-            value.format(outcome["value"]),
-            goal.format(outcome["target"]),
-            "yes" if outcome["met"] else "NO",
-        )
-    console.print(targets)
+    console.print(target_table(result.targets(), shown))
     console.print(
         f"dead letters: {result.dead_letters}; whole run {result.seconds_total:.0f} s on "
         f"{result.cpus} CPUs, load average {result.load_average_start:.2f} → "
