@@ -202,8 +202,7 @@ class VigilStream:
         batch. Each event holds an extra reference that only :meth:`_ack` releases, so Faust
         cannot commit an offset before the state that includes its event is saved.
         """
-        started = time.monotonic()
-        stage = StageClock(self.metrics.handle_stage, started)
+        stage = StageClock(self.metrics.handle_stage)
         sends: list[Awaitable[Any]] = []
         routed: dict[str, list[InputEvent]] = {}
         for event in events:
@@ -275,7 +274,7 @@ class VigilStream:
     async def finish(self, batch: InFlightBatch) -> None:
         """Second half of a batch: outputs acknowledged by Kafka, then state saved in Redis."""
         stage, events = batch.stage, batch.events
-        stage.mark = time.monotonic()  # time spent waiting for the agent is no stage's
+        stage.resume()  # time spent waiting for the agent is no stage's
         if batch.sends:
             await asyncio.gather(*batch.sends)  # delivered before the state assuming them is saved
         stage.done("deliver")
@@ -497,10 +496,14 @@ class StageClock:
     """Times the stages of one batch into a histogram labelled by stage (a stage that runs
     once per model group adds up over the groups)."""
 
-    def __init__(self, histogram: Any, started: float) -> None:
+    def __init__(self, histogram: Any) -> None:
         self.histogram = histogram
-        self.started = self.mark = started
+        self.started = self.mark = time.monotonic()
         self.spent: dict[str, float] = {}
+
+    def resume(self) -> None:
+        """The next stage starts now; time since the last one belongs to none."""
+        self.mark = time.monotonic()
 
     def done(self, stage: str) -> None:
         now = time.monotonic()
