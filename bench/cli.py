@@ -21,7 +21,7 @@ def inference(
     """Forecaster throughput: batched vs per-window, FLOP rate vs GEMM, stateful vs window."""
     import json
 
-    from bench.inference import print_report, run_inference_bench
+    from vigil.bench.inference import print_report, run_inference_bench
 
     result = run_inference_bench(
         batch=batch,
@@ -54,9 +54,13 @@ def pipeline(
     load, and overload at 1.5x and 2x capacity (in-worker latency, pauses, lag, nothing lost)."""
     import json
 
-    from bench.pipeline import PipelinePlan, print_report, run_pipeline_bench, small_model_group
-    from vigil.cli import settings_or_exit
-    from vigil.settings import ModelGroup, TrainingConfig
+    from vigil.bench.pipeline import (
+        PipelinePlan,
+        print_report,
+        run_pipeline_bench,
+        small_model_group,
+    )
+    from vigil.settings import ModelGroup, TrainingConfig, settings_or_exit
 
     plan = PipelinePlan(
         group=ModelGroup(name="default", training=TrainingConfig(enabled=training)),
@@ -72,3 +76,38 @@ def pipeline(
     print_report(result)
     if json_output:
         typer.echo(json.dumps(result.to_json()))
+
+
+@app.command("drill")
+def drill(
+    name: Annotated[str, typer.Argument(help="a drill's name, or 'all'")] = "all",
+    json_output: Annotated[
+        bool, typer.Option("--json", help="also print one JSON object per drill")
+    ] = False,
+    short: Annotated[bool, typer.Option(help="the short forms the tests run")] = False,
+    workdir: Annotated[str, typer.Option(help="logs of the drills' workers")] = "bench/out/drills",
+) -> None:
+    """Fault drills against the real broker and Redis: lost, dropped, duplicated, dead-lettered,
+    wedged and recovery time per drill (see docs/reliability.md)."""
+    import asyncio
+    import json
+    from pathlib import Path
+
+    from vigil.bench.drills import DRILLS, print_table
+    from vigil.settings import settings_or_exit
+
+    if name != "all" and name not in DRILLS:
+        typer.echo(f"unknown drill {name!r}; one of: all, {', '.join(DRILLS)}", err=True)
+        raise typer.Exit(2)
+    settings = settings_or_exit()
+    names = list(DRILLS) if name == "all" else [name]
+    outcomes = []
+    for drill_name in names:
+        typer.echo(f"… {drill_name}", err=True)
+        outcome = asyncio.run(DRILLS[drill_name](settings, Path(workdir), short))
+        outcomes.append(outcome)
+        if json_output:
+            typer.echo(json.dumps(outcome.to_json()))
+    print_table(outcomes)
+    if not all(o.ok for o in outcomes):
+        raise typer.Exit(1)

@@ -22,15 +22,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from bench.nab.windowed_gaussian import WindowedGaussian
-from models.baselines import (
+from vigil.bench.nab.windowed_gaussian import WindowedGaussian
+from vigil.models.baselines import (
     ForecastResidualDetector,
     Persistence,
     RiverHalfSpaceTrees,
     RiverLinearLags,
     SeasonalNaive,
 )
-from models.online import OnlineDetector, OnlineForecaster
+from vigil.models.online import OnlineDetector, OnlineForecaster
 
 __all__ = [
     "DetectorFactory",
@@ -83,13 +83,13 @@ def register_forecaster(name: str, factory: ForecasterFactory) -> None:
 
 
 def _vigil_detector() -> OnlineDetector:
-    from bench.replay_harness import VigilDetector  # torch loads only when Vigil runs
+    from vigil.bench.replay_harness import VigilDetector  # torch loads only when Vigil runs
 
     return VigilDetector()
 
 
 def _vigil_forecaster(setup: ForecastSetup) -> OnlineForecaster:
-    from bench.replay_harness import VigilForecaster
+    from vigil.bench.replay_harness import VigilForecaster
 
     return VigilForecaster(horizon=setup.horizon)
 

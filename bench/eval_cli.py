@@ -56,8 +56,8 @@ def _clear_errors() -> Iterator[None]:
 
 
 def _profiles(path: Path | None) -> dict[str, Any]:
-    from bench.nab.corpus import read_profiles
-    from bench.nab.scoring import NAB_PROFILES
+    from vigil.bench.nab.corpus import read_profiles
+    from vigil.bench.nab.scoring import NAB_PROFILES
 
     return read_profiles(path) if path is not None else dict(NAB_PROFILES)
 
@@ -75,7 +75,7 @@ def _profile_lines(results: Mapping[str, Any], header: str) -> list[str]:
 
 
 def _published_lines() -> list[str]:
-    from bench.report import NAB_SCOREBOARD
+    from vigil.bench.report import NAB_SCOREBOARD
 
     board = ", ".join(f"{name} {score}" for name, score in NAB_SCOREBOARD)
     return [f"NAB published (standard, all 58 files): {board}"]
@@ -95,8 +95,8 @@ def nab_score(
     json_only: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
 ) -> None:
     """Score a detector's NAB results files, at given or corpus-optimised thresholds."""
-    from bench.nab.corpus import read_results_corpus, read_thresholds, read_windows
-    from bench.nab.evaluation import ScoredFile, score_corpus
+    from vigil.bench.nab.corpus import read_results_corpus, read_thresholds, read_windows
+    from vigil.bench.nab.evaluation import ScoredFile, score_corpus
 
     with _clear_errors():
         series = read_results_corpus(results, detector)
@@ -156,9 +156,9 @@ def nab(
     json_only: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
 ) -> None:
     """Run a detector over a NAB-style corpus, write NAB results files, and score them."""
-    from bench.nab.corpus import read_data_series, read_thresholds, read_windows
-    from bench.nab.evaluation import layouts_for, score_corpus
-    from bench.nab.runner import run_corpus
+    from vigil.bench.nab.corpus import read_data_series, read_thresholds, read_windows
+    from vigil.bench.nab.evaluation import layouts_for, score_corpus
+    from vigil.bench.nab.runner import run_corpus
 
     with _clear_errors():
         windows = read_windows(labels)
@@ -190,7 +190,7 @@ def nab(
         "results": str(out / detector),
     }
     if report is not None:
-        from bench.report import NabPlot, write_nab_report
+        from vigil.bench.report import NabPlot, write_nab_report
 
         with _clear_errors():
             chosen = _pick_plots(run.files, windows, plots)
@@ -251,15 +251,15 @@ def forecast(
     json_only: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
 ) -> None:
     """Online (predict, then learn) forecasting of each file by every model and baseline."""
-    from bench.detectors import ForecastSetup
-    from bench.forecast_eval import (
+    from vigil.bench.detectors import ForecastSetup
+    from vigil.bench.forecast_eval import (
         NYC_TAXI_5_STEP_NRMSE,
         build_forecasters,
         detect_season,
         evaluate_series,
         read_series_column,
     )
-    from bench.nab.corpus import parse_timestamps, read_windows
+    from vigil.bench.nab.corpus import parse_timestamps, read_windows
 
     names = [n.strip() for n in models.split(",") if n.strip()]
     evaluations = []
@@ -301,8 +301,8 @@ def forecast(
         "references": {"nyc_taxi_5_step_nrmse": NYC_TAXI_5_STEP_NRMSE},
     }
     if report is not None:
-        from bench.nab.scoring import layout_file
-        from bench.report import ForecastPlot, write_forecast_report
+        from vigil.bench.nab.scoring import layout_file
+        from vigil.bench.report import ForecastPlot, write_forecast_report
 
         with _clear_errors():
             plot_items = []

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bench.detectors import ForecastSetup, forecaster_factories
-from models.online import OnlineForecaster
+from vigil.bench.detectors import ForecastSetup, forecaster_factories
+from vigil.models.online import OnlineForecaster
 
 __all__ = [
     "NYC_TAXI_5_STEP_NRMSE",

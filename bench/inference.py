@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.batching import BatchScheduler
-from models.forecaster import build_forecaster
-from models.inference import InferenceEngine
+from vigil.models.batching import BatchScheduler
+from vigil.models.forecaster import build_forecaster
+from vigil.models.inference import InferenceEngine
 from vigil.settings import BatchConfig, ModelConfig
 
 BATCHED_TARGET = 20.0  # batched windows/s ÷ per-window-loop windows/s
@@ -336,7 +336,7 @@ def print_report(result: InferenceBenchResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from bench.target_table import target_table
+    from vigil.bench.target_table import target_table
 
     console = Console()
     cfg = result.model

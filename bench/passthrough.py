@@ -1,11 +1,11 @@
 """The bare Faust passthrough the pipeline benchmark compares Vigil with.
 
-Same broker, same app options as :class:`stream.topology.VigilStream` (raw serializers, acks=all,
-commit cadence, stream buffer) and the same ``take_events`` batching; the agent forwards each raw
-event to the output topic and waits for delivery, nothing else. Its rate is what Faust and the
-Kafka client cost per event on this machine — the ceiling Vigil's own work is measured against.
+Same broker, same app options as :class:`vigil.stream.topology.VigilStream` (raw serializers,
+acks=all, commit cadence, stream buffer) and the same ``take_events`` batching; the agent forwards
+each raw event to the output topic and waits for delivery, nothing else. Its rate is what Faust and
+the Kafka client cost per event on this machine — the ceiling Vigil's own work is measured against.
 
-Run a worker with ``python -m bench.passthrough``: it forwards ``VIGIL_TOPICS.readings`` to
+Run a worker with ``python -m vigil.bench.passthrough``: it forwards ``VIGIL_TOPICS.readings`` to
 ``VIGIL_TOPICS.predictions``, as consumer group ``VIGIL_APP_ID``, web server on ``VIGIL_WEB_PORT``
 (``/ready`` answers 200 once partitions are assigned).
 """
@@ -18,8 +18,8 @@ from typing import Any, cast
 import faust
 from faust.web import Request, Response, View
 
-from stream.topology import faust_app_options
 from vigil.settings import VigilSettings, load_settings
+from vigil.stream.topology import faust_app_options
 
 
 def build_passthrough_app(settings: VigilSettings) -> faust.App:

@@ -3,7 +3,8 @@
 Everything runs in ONE run against the same broker and Redis, each worker in its own process:
 
 1. **Max throughput.** A backlog (``keys`` x ``events_per_key`` noisy readings) is produced into
-   a fresh readings topic first; then a bare Faust passthrough (:mod:`bench.passthrough`) and a
+   a fresh readings topic first; then a bare Faust passthrough (:mod:`vigil.bench.passthrough`)
+   and a
    real ``vigil worker`` with the default model group drain it one after the other. A rate is
    output records over the span between the first and the last output's CreateTime (stamped by
    the worker's producer), so start-up is not counted. Vigil's last states are checked in Redis.
@@ -37,7 +38,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from aiokafka.structs import ConsumerRecord
 
-from bench.kafka_traffic import (
+from vigil.bench.kafka_traffic import (
     Offsets,
     ReadingProducer,
     ReadingSeries,
@@ -45,8 +46,8 @@ from bench.kafka_traffic import (
     committed_lag,
     delete_topics,
 )
-from bench.prometheus_histogram import BucketCounts, histogram, sample_total
-from bench.worker_subprocess import VIGIL_WORKER, WorkerSubprocess
+from vigil.bench.prometheus_histogram import BucketCounts, histogram, sample_total
+from vigil.bench.worker_subprocess import VIGIL_WORKER, WorkerSubprocess
 from vigil.settings import ModelConfig, ModelGroup, TopicNames, VigilSettings
 from vigil.topics import ensure_topics
 
@@ -56,7 +57,7 @@ IN_WORKER = "vigil_in_worker_seconds"
 STAGE = "vigil_handle_stage_seconds"
 STAGES = ("decode", "load_state", "process", "send", "deliver", "save_state", "handle")
 BATCH_EVENTS = "vigil_handled_batch_events"
-PASSTHROUGH = ("-m", "bench.passthrough")
+PASSTHROUGH = ("-m", "vigil.bench.passthrough")
 
 Progress = Callable[[str], None]
 
@@ -491,7 +492,7 @@ class PipelineBench:
     async def _sample_paused(self, samples: list[float], stop: asyncio.Event) -> None:
         while not stop.is_set():
             text = await asyncio.to_thread(self.vigil_worker.metrics)
-            samples.append(sample_total(text, "vigil_paused_partitions"))
+            samples.append(sample_total(text, "vigil_intake_held"))
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
 
@@ -503,7 +504,8 @@ class PipelineBench:
             readings=await self.reader.end_offsets(topics.readings),
             predictions=await self.reader.end_offsets(topics.predictions),
             in_worker=histogram(text, IN_WORKER),
-            pauses=sample_total(text, "vigil_partition_pauses_total"),
+            pauses=sample_total(text, "vigil_intake_holds_total")
+            + sample_total(text, "vigil_buffer_full_total"),
             batch_events=histogram(text, BATCH_EVENTS),
             stages={name: histogram(text, STAGE, stage=name) for name in STAGES},
         )
@@ -637,7 +639,7 @@ def print_report(result: PipelineBenchResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from bench.target_table import target_table
+    from vigil.bench.target_table import target_table
 
     console = Console(width=max(100, Console().width))
     m, b = result.model, result.batch
@@ -714,9 +716,9 @@ def print_report(result: PipelineBenchResult) -> None:
     row("in-worker p99", lambda h: ms(h.in_worker_p99_ms), [ms(o.in_worker_p99_ms) for o in over])
     row(f"in-worker ≤ {target2:g} ms", None, [f"{o.in_worker_within_2x_target:.0%}" for o in over])
     row("in-worker p99 incl. drain", None, [ms(o.in_worker_p99_incl_drain_ms) for o in over])
-    row("partition pauses", None, [str(o.pauses) for o in over])
+    row("intake holds + full buffers", None, [str(o.pauses) for o in over])
     row(
-        "paused partitions (max; share of 1 s samples)",
+        "intake held (max; share of 1 s samples)",
         None,
         [f"{o.paused_partitions_max}; {o.paused_share:.0%}" for o in over],
     )

@@ -1,13 +1,14 @@
 """Replay a recorded series through the stream's own logic, without Kafka: what is evaluated is
 what is deployed.
 
-:class:`ReplayHarness` wires one model group the way :class:`stream.group_runtime.GroupRuntime`
-does and feeds readings to :meth:`stream.series_processor.SeriesProcessor.process`, the very
-method the Faust agent calls. Same model (``build_forecaster(group.model, seed)``), same
+:class:`ReplayHarness` wires one model group the way
+:class:`vigil.stream.group_runtime.GroupRuntime` does and feeds readings to
+:meth:`vigil.stream.series_processor.SeriesProcessor.process`, the very method the Faust agent
+calls. Same model (``build_forecaster(group.model, seed)``), same
 :class:`~models.inference.InferenceEngine`, same per-key :class:`~stream.key_state.KeyState`
 (normaliser, window, scorer, incidents, conformal intervals, drift, training admission), same
-:class:`~models.replay.ReplayBuffer` and :class:`~models.training.OnlineTrainer` with its
-shadow evaluation, and a promoted candidate is swapped into the engine as ``_on_promote`` does.
+:class:`~models.replay.ReplayBuffer` and :class:`~models.training.OnlineTrainer` with its shadow
+evaluation, and a promoted candidate is swapped into the engine as ``_on_promote`` does.
 
 What differs from the live stream, and why:
 
@@ -46,16 +47,16 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from models.device import DevicePreference, select_device
-from models.forecaster import Forecaster, build_forecaster
-from models.inference import InferenceEngine
-from models.replay import ReplayBuffer
-from models.training import OnlineTrainer, RoundResult
-from stream.key_state import KeyState
-from stream.series_processor import BatchOutput, SeriesProcessor
-from stream.validation import InputEvent
+from vigil.models.device import DevicePreference, select_device
+from vigil.models.forecaster import Forecaster, build_forecaster
+from vigil.models.inference import InferenceEngine
+from vigil.models.replay import ReplayBuffer
+from vigil.models.training import OnlineTrainer, RoundResult
 from vigil.records import Alert, Reading
 from vigil.settings import ModelGroup
+from vigil.stream.key_state import KeyState
+from vigil.stream.series_processor import BatchOutput, SeriesProcessor
+from vigil.stream.validation import InputEvent
 
 __all__ = [
     "DEFAULT_CHUNK",

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bench.forecast_eval import NYC_TAXI_5_STEP_NRMSE, SeriesEvaluation
-from bench.nab.evaluation import ProfileResult
-from bench.nab.scoring import FileLayout
+from vigil.bench.forecast_eval import NYC_TAXI_5_STEP_NRMSE, SeriesEvaluation
+from vigil.bench.nab.evaluation import ProfileResult
+from vigil.bench.nab.scoring import FileLayout
 
 __all__ = [
     "NAB_SCOREBOARD",

@@ -56,7 +56,7 @@ async def _prepare_topics(settings: Any, topic: str) -> None:
 
 
 def _settings() -> Any:
-    from vigil.cli import settings_or_exit  # late: vigil.cli imports this module
+    from vigil.settings import settings_or_exit
 
     return settings_or_exit()
 
@@ -91,10 +91,10 @@ def replay(
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
-    from connectors.checkpoint import CheckpointStore
-    from connectors.file_formats import ColumnChoice, TableError
-    from connectors.producer import RecordProducer
-    from connectors.replay import FileReplay
+    from vigil.connectors.checkpoint import CheckpointStore
+    from vigil.connectors.file_formats import ColumnChoice, TableError
+    from vigil.connectors.producer import RecordProducer
+    from vigil.connectors.replay import FileReplay
 
     settings = _settings()
     topic = kafka_topic or settings.topics.readings
@@ -196,8 +196,8 @@ def mqtt(
 
     Example: vigil connect mqtt --topic 'sensors/+/temperature' --key-template 'room.{1}'
     """
-    from connectors.mqtt_bridge import MqttBridge
-    from connectors.producer import RecordProducer
+    from vigil.connectors.mqtt_bridge import MqttBridge
+    from vigil.connectors.producer import RecordProducer
 
     versions = {"5": 5, "3.1.1": 4, "311": 4}
     if protocol not in versions:
@@ -270,8 +270,8 @@ def websocket(
     Example: vigil connect websocket wss://example.com/feed --symbol-field s --price-field p
     --timestamp-field T --subscribe '{"op": "subscribe", "args": ["trades"]}'
     """
-    from connectors.producer import RecordProducer
-    from connectors.websocket_feed import Backoff, QuoteFields, WebSocketFeed
+    from vigil.connectors.producer import RecordProducer
+    from vigil.connectors.websocket_feed import Backoff, QuoteFields, WebSocketFeed
 
     settings = _settings()
     target = kafka_topic or settings.topics.readings
@@ -355,8 +355,8 @@ def synthetic(
 
     Example: vigil connect synthetic --keys 5 --points 2000 --seed 7 --labels-out labels.json
     """
-    from connectors.producer import RecordProducer
-    from connectors.synthetic import SyntheticSeries, send_synthetic
+    from vigil.connectors.producer import RecordProducer
+    from vigil.connectors.synthetic import SyntheticSeries, send_synthetic
 
     settings = _settings()
     target = kafka_topic or settings.topics.readings

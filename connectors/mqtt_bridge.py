@@ -24,7 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
-from connectors.producer import RecordProducer
+from vigil.connectors.producer import RecordProducer
 from vigil.records import Reading
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from aiokafka import AIOKafkaProducer
+from aiokafka import errors as kafka_errors
 
 from vigil.records import DeadLetter, Reading
 from vigil.settings import VigilSettings
@@ -40,6 +41,9 @@ def kafka_client_options(settings: VigilSettings) -> dict[str, object]:
     return options
 
 
+RETRIABLE = (kafka_errors.KafkaConnectionError, kafka_errors.KafkaTimeoutError)
+
+
 class DeliveryError(RuntimeError):
     """Kafka did not acknowledge some records; the caller must not checkpoint past them."""
 
@@ -49,14 +53,19 @@ class RecordProducer:
 
     def __init__(self, settings: VigilSettings, *, linger_ms: int = 5) -> None:
         self.settings = settings
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap,
+        self.linger_ms = linger_ms
+        self._producer = self._new_producer()
+        self._pending: list[asyncio.Future[Any]] = []
+        self.restarts = 0
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap,
             acks="all",
             enable_idempotence=True,
-            linger_ms=linger_ms,
-            **kafka_client_options(settings),
+            linger_ms=self.linger_ms,
+            **kafka_client_options(self.settings),
         )
-        self._pending: list[asyncio.Future[Any]] = []
 
     async def __aenter__(self) -> Self:
         await self._producer.start()
@@ -105,6 +114,14 @@ class RecordProducer:
         await self._producer.flush()
         results = await asyncio.gather(*pending, return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
+        if failures and not all(isinstance(f, RETRIABLE) for f in failures):
+            # A record the broker refused for good leaves an idempotent producer's sequence
+            # numbers with a gap, and every later send fails (OutOfOrderSequenceNumber): start
+            # over with a fresh producer id, so one refused record costs only itself.
+            await self._producer.stop()
+            self._producer = self._new_producer()
+            await self._producer.start()
+            self.restarts += 1
         if failures:
             raise DeliveryError(
                 f"{len(failures)} of {len(pending)} records were not delivered"

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from connectors.checkpoint import CheckpointStore, ReplayCheckpoint
-from connectors.file_formats import ColumnChoice, FileRow, Table, expand_paths, open_table
-from connectors.pacing import Pacer
-from connectors.producer import RecordProducer
+from vigil.connectors.checkpoint import CheckpointStore, ReplayCheckpoint
+from vigil.connectors.file_formats import ColumnChoice, FileRow, Table, expand_paths, open_table
+from vigil.connectors.pacing import Pacer
+from vigil.connectors.producer import RecordProducer
 
 log = logging.getLogger(__name__)
 

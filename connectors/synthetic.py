@@ -25,8 +25,8 @@ from typing import Any, Self
 import numpy as np
 from tqdm import tqdm
 
-from connectors.pacing import Pacer
-from connectors.producer import RecordProducer
+from vigil.connectors.pacing import Pacer
+from vigil.connectors.producer import RecordProducer
 from vigil.records import Reading
 
 ANOMALY_KINDS = ("spike", "level_shift", "drift", "dropout")

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from connectors.producer import RecordProducer
+from vigil.connectors.producer import RecordProducer
 from vigil.records import Reading, parse_timestamp
 
 log = logging.getLogger(__name__)

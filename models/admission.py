@@ -7,26 +7,32 @@ learning it would turn a single change into an endless alert. So when one key st
 ``readmit_after`` events in a row, the shift is treated as the new normal and its examples are
 admitted again, until an unflagged event ends the streak.
 
-One instance per key; the state is a couple of integers, JSON-able for the stream's Redis store.
+One instance per key; the state is a couple of integers (see :mod:`vigil.models.state_codec`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Self
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from vigil.models.state_codec import persistent
 
 
+@persistent
 @dataclass
 class TrainingAdmission:
     """Per-key gate in front of the replay buffer.
 
     ``readmit_after`` is the length of a flagged streak after which examples are admitted again
-    (``TrainingConfig.level_shift_readmit_after``); 0 admits everything, i.e. turns the gate off.
+    (the stream passes ``TrainingConfig.level_shift_readmit_after``); 0 admits everything, i.e.
+    turns the gate off.
     """
 
+    __state__: ClassVar[tuple[str, ...]] = ("streak", "withheld")
+
     readmit_after: int
-    streak: int = 0  # flagged events in a row, ending with the latest one
-    withheld: int = 0  # examples kept out so far (for metrics and debugging)
+    streak: int = field(default=0, init=False)  # flagged events in a row, ending with the latest
+    withheld: int = field(default=0, init=False)  # examples kept out so far (metrics, debugging)
 
     def __post_init__(self) -> None:
         if self.readmit_after < 0:
@@ -47,14 +53,3 @@ class TrainingAdmission:
     def in_level_shift(self) -> bool:
         """True while a flagged streak is long enough to be learned as the new normal."""
         return self.readmit_after > 0 and self.streak >= self.readmit_after
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Self:
-        return cls(
-            readmit_after=int(d["readmit_after"]),
-            streak=int(d.get("streak", 0)),
-            withheld=int(d.get("withheld", 0)),
-        )

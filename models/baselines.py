@@ -1,4 +1,4 @@
-"""Baselines Vigil's forecaster is compared with, behind the interfaces of ``models.online``.
+"""Baselines Vigil's forecaster is compared with, behind the interfaces of ``vigil.models.online``.
 
 Forecasters: :class:`Persistence`, :class:`SeasonalNaive`, :class:`RiverLinearLags`.
 Detectors: :class:`RiverHalfSpaceTrees` and :class:`ForecastResidualDetector` (any forecaster
@@ -18,8 +18,9 @@ from typing import Any, Self
 from river import anomaly, linear_model, optim, preprocessing
 from river.tree.padded import PaddedBranch, PaddedLeaf
 
-from models.online import OnlineDetector, OnlineForecaster
-from models.scoring import ResidualScorer, ScoreResult
+from vigil.models import state_codec
+from vigil.models.online import OnlineDetector, OnlineForecaster
+from vigil.models.scoring import ResidualScorer, ScoreResult
 
 __all__ = [
     "FORECASTERS",
@@ -373,7 +374,7 @@ class ForecastResidualDetector:
             raise TypeError(f"cannot serialise a {type(forecaster).__name__} forecaster")
         return {
             "forecaster": {"kind": kind, "state": forecaster.to_dict()},
-            "scorer": self.scorer.to_dict(),
+            "scorer": state_codec.encode(self.scorer),
         }
 
     @classmethod
@@ -382,4 +383,4 @@ class ForecastResidualDetector:
         if saved["kind"] not in FORECASTERS:
             raise ValueError(f"unknown forecaster kind {saved['kind']!r}")
         forecaster = FORECASTERS[saved["kind"]].from_dict(saved["state"])
-        return cls(forecaster, ResidualScorer.from_dict(d["scorer"]))
+        return cls(forecaster, state_codec.decode(d["scorer"], ResidualScorer))

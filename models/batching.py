@@ -74,10 +74,6 @@ class SchedulerStats:
     run_ms_by_bucket: dict[int, float]
     recent: list[BatchRecord] = field(default_factory=list)
 
-    @property
-    def mean_batch_size(self) -> float:
-        return self.requests / self.batches if self.batches else 0.0
-
 
 class BatchSizer:
     """Latency-targeted batch cap from measured run times per size bucket (pure logic)."""
@@ -280,11 +276,6 @@ class BatchScheduler:
     @property
     def queue_depth(self) -> int:
         return len(self._pending)
-
-    @property
-    def overloaded(self) -> bool:
-        """More requests queued than ``max_queue``: the stream should pause its partitions."""
-        return len(self._pending) > self.config.max_queue
 
     @property
     def cap(self) -> int:

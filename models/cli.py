@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    from models.registry import ModelRegistry, VersionInfo
+    from vigil.models.registry import ModelRegistry, VersionInfo
 
 app = typer.Typer(
     help="Model registry: list versions, promote one, roll back.", no_args_is_help=True
@@ -28,8 +28,8 @@ def _registry() -> Iterator[tuple[ModelRegistry, str]]:
     Registry and Redis errors become a red message and exit code 1."""
     import redis
 
-    from models.registry import ModelRegistry, RegistryError
-    from vigil.cli import settings_or_exit
+    from vigil.models.registry import ModelRegistry, RegistryError
+    from vigil.settings import settings_or_exit
 
     settings = settings_or_exit()
     client = redis.Redis.from_url(settings.redis, socket_connect_timeout=5)
@@ -80,7 +80,7 @@ def promote(
     reason: Annotated[str, typer.Option(help="why (kept in the registry log)")] = "cli",
 ) -> None:
     """Make VERSION the live model of its group; running workers switch to it."""
-    from models.registry import group_of
+    from vigil.models.registry import group_of
 
     with _registry() as (registry, _):
         target = group or group_of(version)

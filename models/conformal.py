@@ -9,29 +9,45 @@ Adaptive conformal inference (Gibbs & Candès, 2021), per horizon step ``h``: th
 Misses shrink ``alpha_t`` (wider intervals) and hits grow it, so the long-run miss rate tracks
 ``alpha`` even when the residual distribution shifts (a plain split-conformal quantile over a
 window would under-cover until the window refreshes).
+
+Huge values cannot poison the state: a nonconformity score beyond float64's range (a forecast of
+-1e308 meeting a value of 1e308) is kept as the largest finite double, and interval bounds are
+clamped to the finite range, so a finite forecast always gets a finite interval.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import sys
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import ClassVar
 
-from vigil.settings import DetectorConfig
+from vigil.models.state_codec import persistent
 
 __all__ = ["AdaptiveConformal"]
 
 # Keeps alpha_t finite after a long one-sided run; far outside the range where it matters
 # (alpha_t <= 0 already means "widest interval", alpha_t >= 1 "no width").
 _ALPHA_T_BOUNDS = (-1.0, 2.0)
+_LARGEST = sys.float_info.max
 
 
+def _finite(value: float) -> float:
+    """``value`` clamped to the finite doubles (NaN stays NaN)."""
+    if math.isinf(value):
+        return math.copysign(_LARGEST, value)
+    return value
+
+
+@persistent
 @dataclass
 class _Issued:
     """An interval handed out by ``issue``: kept so ``observe`` scores exactly what was shown."""
+
+    __state__: ClassVar[tuple[str, ...]] = ()
 
     forecast: list[float]
     lower: list[float]
@@ -39,19 +55,26 @@ class _Issued:
     age: int = 0
 
 
+@persistent
 @dataclass
 class _StepState:
-    """Nonconformity scores (arrival order and sorted) and alpha_t of one horizon step."""
+    """Nonconformity scores (arrival order, and sorted) and alpha_t of one horizon step.
+
+    Everything is a constructor field except ``ordered``, rebuilt from ``scores``: stored once.
+    """
+
+    __state__: ClassVar[tuple[str, ...]] = ()
 
     window: int
     alpha_t: float
-    scores: deque[float] = field(init=False)
-    ordered: list[float] = field(default_factory=list)
+    scores: deque[float] = field(default_factory=deque)
     seen: int = 0
     covered: int = 0
+    ordered: list[float] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.scores = deque(maxlen=self.window)
+        self.scores = deque(self.scores, maxlen=self.window)
+        self.ordered = sorted(self.scores)
 
     def add(self, score: float) -> None:
         if len(self.scores) == self.window:
@@ -71,6 +94,7 @@ class _StepState:
         return self.ordered[min(rank, n) - 1]
 
 
+@persistent
 class AdaptiveConformal:
     """Online conformal intervals for an ``horizon``-step forecast, nominal level ``1 - alpha``.
 
@@ -85,6 +109,8 @@ class AdaptiveConformal:
 
     Before any outcome is learned the intervals have zero width.
     """
+
+    __state__ = ("_steps", "_issued")
 
     def __init__(
         self, horizon: int = 1, alpha: float = 0.1, gamma: float = 0.005, window: int = 100
@@ -103,10 +129,6 @@ class AdaptiveConformal:
         self.window = window
         self._steps = [_StepState(window, alpha) for _ in range(horizon)]
         self._issued: deque[_Issued] = deque()
-
-    @classmethod
-    def from_config(cls, detector: DetectorConfig, horizon: int = 1, **overrides: Any) -> Self:
-        return cls(horizon=horizon, alpha=detector.interval_alpha, **overrides)
 
     # ---- queries ------------------------------------------------------------------------
     @property
@@ -127,7 +149,7 @@ class AdaptiveConformal:
         if len(forecast) < self.horizon:
             raise ValueError(f"need {self.horizon} forecast steps, got {len(forecast)}")
         widths = [step.quantile() for step in self._steps]
-        return [(f - w, f + w) for f, w in zip(forecast, widths, strict=False)]
+        return [(_finite(f - w), _finite(f + w)) for f, w in zip(forecast, widths, strict=False)]
 
     # ---- learning -----------------------------------------------------------------------
     def learn_step(
@@ -145,7 +167,7 @@ class AdaptiveConformal:
         if not (math.isfinite(forecast) and math.isfinite(observed)):
             return None
         state = self._steps[step]
-        score = abs(observed - forecast)
+        score = _finite(abs(observed - forecast))
         if bounds is None:
             width = state.quantile()
             bounds = (forecast - width, forecast + width)
@@ -154,8 +176,7 @@ class AdaptiveConformal:
         state.alpha_t = min(_ALPHA_T_BOUNDS[1], max(_ALPHA_T_BOUNDS[0], state.alpha_t))
         state.seen += 1
         state.covered += int(covered)
-        if math.isfinite(score):
-            state.add(score)
+        state.add(score)
         return covered
 
     def learn_one(self, forecast: Sequence[float], observed: Sequence[float | None]) -> None:
@@ -195,64 +216,3 @@ class AdaptiveConformal:
                 )
         while self._issued and self._issued[0].age >= self.horizon:
             self._issued.popleft()
-
-    # ---- state --------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "horizon": self.horizon,
-            "alpha": self.alpha,
-            "gamma": self.gamma,
-            "window": self.window,
-            "steps": [
-                {
-                    "alpha_t": s.alpha_t,
-                    "scores": list(s.scores),
-                    "seen": s.seen,
-                    "covered": s.covered,
-                }
-                for s in self._steps
-            ],
-            "issued": [
-                {
-                    "forecast": _json_floats(i.forecast),
-                    "lower": _json_floats(i.lower),
-                    "upper": _json_floats(i.upper),
-                    "age": i.age,
-                }
-                for i in self._issued
-            ],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Self:
-        conformal = cls(
-            horizon=int(d["horizon"]),
-            alpha=float(d["alpha"]),
-            gamma=float(d["gamma"]),
-            window=int(d["window"]),
-        )
-        for state, saved in zip(conformal._steps, d["steps"], strict=True):
-            state.alpha_t = float(saved["alpha_t"])
-            for score in saved["scores"]:
-                state.add(float(score))
-            state.seen = int(saved["seen"])
-            state.covered = int(saved["covered"])
-        for saved in d["issued"]:
-            conformal._issued.append(
-                _Issued(
-                    forecast=_floats(saved["forecast"]),
-                    lower=_floats(saved["lower"]),
-                    upper=_floats(saved["upper"]),
-                    age=int(saved["age"]),
-                )
-            )
-        return conformal
-
-
-def _json_floats(values: list[float]) -> list[float | None]:
-    """Strict JSON has no NaN/inf: a non-finite forecast is stored as null."""
-    return [v if math.isfinite(v) else None for v in values]
-
-
-def _floats(values: list[float | None]) -> list[float]:
-    return [math.nan if v is None else float(v) for v in values]

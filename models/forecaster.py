@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
-from models.cells import CELLS, RecurrentCell, State
+from vigil.models.cells import CELLS, RecurrentCell, State
 from vigil.settings import ModelConfig
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
-from vigil.settings import DetectorConfig
+from vigil.models.state_codec import persistent
 
 __all__ = ["IncidentDetector", "IncidentEvent", "Severity", "incident_id"]
 
@@ -50,8 +50,18 @@ class IncidentEvent:
         return asdict(self)
 
 
+@persistent
 class IncidentDetector:
     """Per-key incident state machine: ``update(score, ts)`` returns an event on open/close."""
+
+    __state__ = (
+        "events_seen",
+        "cooldown_left",
+        "incident_id",
+        "start",
+        "peak",
+        "opening_score",
+    )
 
     def __init__(
         self,
@@ -84,17 +94,6 @@ class IncidentDetector:
         self.start: float | None = None
         self.peak = 0.0
         self.opening_score = 0.0
-
-    @classmethod
-    def from_config(cls, key: str, detector: DetectorConfig, **overrides: Any) -> Self:
-        return cls(
-            key,
-            threshold=detector.threshold,
-            clear_threshold=detector.clear_threshold,
-            cooldown_events=detector.cooldown_events,
-            warmup_events=detector.warmup_events,
-            **overrides,
-        )
 
     @property
     def active(self) -> bool:
@@ -163,40 +162,3 @@ class IncidentDetector:
         self.opening_score = 0.0
         self.cooldown_left = self.cooldown_events
         return event
-
-    # ---- state --------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "threshold": self.threshold,
-            "clear_threshold": self.clear_threshold,
-            "cooldown_events": self.cooldown_events,
-            "warmup_events": self.warmup_events,
-            "warning_factor": self.warning_factor,
-            "critical_factor": self.critical_factor,
-            "events_seen": self.events_seen,
-            "cooldown_left": self.cooldown_left,
-            "incident_id": self.incident_id,
-            "start": self.start,
-            "peak": self.peak,
-            "opening_score": self.opening_score,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Self:
-        detector = cls(
-            str(d["key"]),
-            threshold=float(d["threshold"]),
-            clear_threshold=float(d["clear_threshold"]),
-            cooldown_events=int(d["cooldown_events"]),
-            warmup_events=int(d["warmup_events"]),
-            warning_factor=float(d["warning_factor"]),
-            critical_factor=float(d["critical_factor"]),
-        )
-        detector.events_seen = int(d["events_seen"])
-        detector.cooldown_left = int(d["cooldown_left"])
-        detector.incident_id = d["incident_id"]
-        detector.start = None if d["start"] is None else float(d["start"])
-        detector.peak = float(d["peak"])
-        detector.opening_score = float(d["opening_score"])
-        return detector

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from models.cells import State
-from models.forecaster import Forecaster
+from vigil.models.cells import State
+from vigil.models.forecaster import Forecaster
 
 
 class InferenceEngine:

@@ -9,6 +9,10 @@ The standard deviation is floored at ``max(absolute_floor, relative_floor * |mea
 series (variance 0) does not turn the next small wiggle into an enormous input, and normalised
 values are clipped to ±``clip`` so one wild reading cannot saturate the network. Missing values
 (None or non-finite) are skipped per channel and stay None through :meth:`normalize`.
+
+Values are folded in clipped to ±``max_abs`` (1e150): the squared deviation in the variance update
+then stays far below float64's 1.8e308, so one ``1e308`` reading cannot turn the variance into
+``inf`` (and every later forecast into NaN). Normalising such a reading still gives ±``clip``.
 """
 
 from __future__ import annotations
@@ -16,23 +20,29 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import ClassVar
 
 import numpy as np
 
+from vigil.models.state_codec import persistent
 
+
+@persistent
 @dataclass
 class RunningNormalizer:
     """Running mean/variance per channel of one key; ``update`` then ``normalize``."""
+
+    __state__: ClassVar[tuple[str, ...]] = ("count", "mean", "var")
 
     channels: int
     absolute_floor: float = 1e-4
     relative_floor: float = 1e-3
     clip: float = 20.0
     max_count: int | None = None
-    count: list[int] = field(default_factory=list)
-    mean: list[float] = field(default_factory=list)
-    var: list[float] = field(default_factory=list)
+    max_abs: float = 1e150
+    count: list[int] = field(init=False)
+    mean: list[float] = field(init=False)
+    var: list[float] = field(init=False)
 
     def __post_init__(self) -> None:
         if self.channels < 1:
@@ -41,12 +51,11 @@ class RunningNormalizer:
             raise ValueError("absolute_floor and clip must be > 0, relative_floor >= 0")
         if self.max_count is not None and self.max_count < 1:
             raise ValueError(f"max_count must be >= 1 or None, got {self.max_count}")
-        for name in ("count", "mean", "var"):
-            values = getattr(self, name)
-            if not values:
-                setattr(self, name, [0 if name == "count" else 0.0] * self.channels)
-            elif len(values) != self.channels:
-                raise ValueError(f"{name} has {len(values)} entries for {self.channels} channels")
+        if not 0 < self.max_abs <= 1e150:
+            raise ValueError(f"max_abs must be in (0, 1e150], got {self.max_abs}")
+        self.count = [0] * self.channels
+        self.mean = [0.0] * self.channels
+        self.var = [0.0] * self.channels
 
     def update(self, vector: Sequence[float | None]) -> None:
         """Fold one observation into the statistics; missing channels are left alone."""
@@ -54,6 +63,7 @@ class RunningNormalizer:
         for ch, value in enumerate(vector):
             if value is None or not math.isfinite(value):
                 continue
+            value = min(self.max_abs, max(-self.max_abs, value))
             n = self.count[ch] + 1
             self.count[ch] = n
             weight = 1.0 / (n if self.max_count is None else min(n, self.max_count))
@@ -94,31 +104,6 @@ class RunningNormalizer:
         if array.shape[-1] != self.channels:
             raise ValueError(f"last axis must have {self.channels} channels, got {array.shape}")
         return array * self.std() + np.asarray(self.mean, dtype=np.float64)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "channels": self.channels,
-            "absolute_floor": self.absolute_floor,
-            "relative_floor": self.relative_floor,
-            "clip": self.clip,
-            "max_count": self.max_count,
-            "count": list(self.count),
-            "mean": list(self.mean),
-            "var": list(self.var),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        return cls(
-            channels=int(data["channels"]),
-            absolute_floor=float(data["absolute_floor"]),
-            relative_floor=float(data["relative_floor"]),
-            clip=float(data["clip"]),
-            max_count=None if data.get("max_count") is None else int(data["max_count"]),
-            count=[int(v) for v in data["count"]],
-            mean=[float(v) for v in data["mean"]],
-            var=[float(v) for v in data["var"]],
-        )
 
     def _check(self, vector: Sequence[float | None]) -> None:
         if len(vector) != self.channels:

@@ -101,7 +101,7 @@ def group_of(version: str) -> str:
 
 
 def _default_builder(config: ModelConfig) -> nn.Module:
-    from models.forecaster import build_forecaster  # heavy module, only needed to load
+    from vigil.models.forecaster import build_forecaster  # heavy module, only needed to load
 
     return build_forecaster(config)
 
@@ -400,6 +400,7 @@ class LiveModelWatcher:
     def _run(self) -> None:
         pubsub: Any = None
         next_poll = 0.0
+        lost_since: float | None = None  # one log line per outage, not one per retry
         while not self._stop.is_set():
             try:
                 if pubsub is None:
@@ -407,12 +408,19 @@ class LiveModelWatcher:
                     pubsub.subscribe(self.registry.channel(self.group))
                     self._subscribed.set()
                     next_poll = 0.0  # catch up on anything missed while unsubscribed
+                    if lost_since is not None:
+                        log.warning("group %s: model watcher has Redis again after %.1f s",
+                                    self.group, time.monotonic() - lost_since)  # fmt: skip
+                        lost_since = None
                 message = pubsub.get_message(timeout=0.25)
                 if message is not None or time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + self.poll_interval_s
                     self.check()
             except redis.RedisError as exc:
-                log.warning("group %s: model watcher lost Redis (%s); retrying", self.group, exc)
+                if lost_since is None:
+                    lost_since = time.monotonic()
+                    log.warning("group %s: model watcher lost Redis (%s); retrying",
+                                self.group, exc)  # fmt: skip
                 _close(pubsub)
                 pubsub = None
                 self._subscribed.clear()

@@ -35,9 +35,9 @@ import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import Literal
 
-from vigil.settings import DetectorConfig
+from vigil.models.state_codec import persistent
 
 __all__ = [
     "ResidualScorer",
@@ -58,7 +58,7 @@ _MAD_TO_SIGMA = math.sqrt(math.pi / 2.0)
 _MIN_LIKELIHOOD_VARIANCE = 0.0003
 # mean|r| / median|r| for a normal residual: sqrt(2 / pi) / 0.67449.
 _MEDIAN_TO_MEAN_ABS = math.sqrt(2.0 / math.pi) / 0.6744897501960817
-_LARGEST_KEPT = 1e300
+_LARGEST_KEPT = 1e300  # |residual|s are learned clipped here: the spread stays finite
 _ASYMPTOTIC_FROM = 30.0  # erfc is exact to here; the asymptotic series beyond (rel. error < 1e-12)
 FINE_TAIL = 1e-6  # scores are exactly 1 - p down to this tail probability
 _LOG_FINE = math.log(FINE_TAIL)
@@ -156,6 +156,7 @@ def reduce_residual(
     raise ValueError(f"how must be 'rms', 'l2' or 'max_abs', got {how!r}")
 
 
+@persistent
 class ResidualScorer:
     """Streaming residual scorer: ``score_one`` scores the residual, then learns from it.
 
@@ -163,15 +164,28 @@ class ResidualScorer:
     ``2 / (spread_window + 1)``; the first ``EARLY_EVENTS`` use a median instead), updated
     *after* scoring and with each update winsorised at ``clip`` sigmas, so the anomaly being
     scored neither hides itself nor inflates the spread for the events that follow. It never
-    falls below ``min_spread`` (in the residual's units). The stream's scorer
-    (:meth:`from_config`) sees residuals in normalised units, standard deviations of the series,
-    and uses ``NORMALISED_MIN_SPREAD``: an error a tenth of the series' spread is not news however
-    calm the key has been. Without such a floor, a flat stretch shrinks the spread towards zero
-    and the first ordinary change afterwards looks astronomically unlikely.
+    falls below ``min_spread`` (in the residual's units). The stream's scorer sees residuals in
+    normalised units, standard deviations of the series, and uses ``NORMALISED_MIN_SPREAD``: an
+    error a tenth of the series' spread is not news however calm the key has been. Without such a
+    floor, a flat stretch shrinks the spread towards zero and the first ordinary change afterwards
+    looks astronomically unlikely.
 
     ``threshold`` and ``clear_threshold`` (the incident detector's) place the repeat filter:
     a repeat is reported at the geometric middle of their tails (0.968 for 0.99 and 0.9).
+    Any residual is accepted: NaN learns nothing, ``inf`` and huge values score as certain
+    anomalies and are learned clipped at 1e300, so the state stays finite.
     """
+
+    __state__ = (
+        "n",
+        "mean_abs",
+        "_early",
+        "_short_mean",
+        "_long_count",
+        "_long_mean",
+        "_long_var",
+        "_last_red",
+    )
 
     def __init__(
         self,
@@ -224,19 +238,6 @@ class ResidualScorer:
         self._long_mean = 0.0
         self._long_var = 0.0
         self._last_red = False  # the previous scored event reached the threshold
-
-    @classmethod
-    def from_config(cls, detector: DetectorConfig, **overrides: Any) -> Self:
-        """The stream's scorer for one key: residuals in normalised units."""
-        settings: dict[str, Any] = {
-            "min_spread": NORMALISED_MIN_SPREAD,
-            "short_window": detector.short_window,
-            "long_window": detector.long_window,
-            "threshold": detector.threshold,
-            "clear_threshold": detector.clear_threshold,
-        }
-        settings.update(overrides)
-        return cls(**settings)
 
     # ---- scoring ------------------------------------------------------------------------
     @property
@@ -316,7 +317,7 @@ class ResidualScorer:
             if self.n == EARLY_EVENTS:
                 self._early.clear()
         else:
-            magnitude = min(magnitude, self.clip * self.sigma)
+            magnitude = min(magnitude, self.clip * self.sigma, _LARGEST_KEPT)
             weight = max(self._alpha, 1.0 / self.n)  # continues the running mean, then EWMA
             self.mean_abs += weight * (magnitude - self.mean_abs)
         self._push_long(short_mean)
@@ -328,50 +329,3 @@ class ResidualScorer:
         step = weight * diff
         self._long_mean += step
         self._long_var = (1.0 - weight) * (self._long_var + diff * step)
-
-    # ---- state --------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "short_window": self.short_window,
-            "long_window": self.long_window,
-            "spread_window": self.spread_window,
-            "clip": self.clip,
-            "min_spread": self.min_spread,
-            "surprisal_cap": self.surprisal_cap,
-            "threshold": self.threshold,
-            "clear_threshold": self.clear_threshold,
-            "n": self.n,
-            "mean_abs": self.mean_abs,
-            "early": list(self._early),
-            "short_mean": self._short_mean,
-            "long_count": self._long_count,
-            "long_mean": self._long_mean,
-            "long_var": self._long_var,
-            "last_red": self._last_red,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Self:
-        """Restore a scorer; state written before the likelihood rework restores too."""
-        scorer = cls(
-            short_window=int(d["short_window"]),
-            long_window=int(d["long_window"]),
-            spread_window=int(d["spread_window"]),
-            clip=float(d["clip"]),
-            min_spread=float(d["min_spread"]),
-            surprisal_cap=float(d.get("surprisal_cap", 30.0)),
-            threshold=float(d.get("threshold", 0.99)),
-            clear_threshold=float(d.get("clear_threshold", 0.9)),
-        )
-        scorer.n = int(d["n"])
-        scorer.mean_abs = float(d["mean_abs"])
-        scorer._early = [float(v) for v in d["early"]]
-        scorer._last_red = bool(d.get("last_red", False))
-        if "short_mean" not in d:
-            return scorer  # older state averaged another quantity: relearn the likelihood
-        short_mean = d["short_mean"]
-        scorer._short_mean = None if short_mean is None else float(short_mean)
-        scorer._long_count = int(d["long_count"])
-        scorer._long_mean = float(d["long_mean"])
-        scorer._long_var = float(d["long_var"])
-        return scorer

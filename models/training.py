@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
-from models.replay import ReplayBuffer
+from vigil.models.replay import ReplayBuffer
 from vigil.settings import TrainingConfig
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ NaN must never reach the network (one NaN poisons every output of the batch it r
   observed, so a detector can hold alerts on a window that is mostly filler.
 
 Under every policy :meth:`WindowBuffer.observed_mask` says which cells were real, a channel never
-observed yet reads 0, and a window not yet full is front-padded with 0.
+observed yet reads 0, and a window not yet full is front-padded with 0. Values beyond float32's
+range are stored as its largest finite value (float32 would make them ``inf``).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any, Self
 
 import numpy as np
+
+from vigil.models.state_codec import persistent
 
 
 class GapPolicy(StrEnum):
@@ -36,10 +38,14 @@ class GapPolicy(StrEnum):
 
 
 _NEVER = -1
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+@persistent
 class WindowBuffer:
     """Fixed-length ring of the last ``length`` normalised vectors of one key."""
+
+    __state__ = ("_values", "_observed", "_head", "_size", "_last_value", "_since_seen")
 
     def __init__(
         self, length: int, channels: int, gap_policy: GapPolicy | str = GapPolicy.CARRY_FORWARD
@@ -71,7 +77,7 @@ class WindowBuffer:
         seen = np.zeros(self.channels, dtype=bool)
         for ch, value in enumerate(vector):
             if value is not None and math.isfinite(value):
-                row[ch] = value
+                row[ch] = min(_FLOAT32_MAX, max(-_FLOAT32_MAX, value))
                 seen[ch] = True
             elif self.gap_policy is GapPolicy.MASK:
                 row[ch] = 0.0
@@ -133,36 +139,3 @@ class WindowBuffer:
         if self._size < self.length:
             ordered[: self.length - self._size] = 0
         return ordered
-
-    # ---- persistence ---------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        rows = slice(self.length - self._size, self.length)
-        return {
-            "length": self.length,
-            "channels": self.channels,
-            "gap_policy": self.gap_policy.value,
-            "values": self.array()[rows].tolist(),
-            "observed": self.observed_mask()[rows].astype(int).tolist(),
-            "last_value": self._last_value.tolist(),
-            "since_seen": self._since_seen.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        buffer = cls(int(data["length"]), int(data["channels"]), data["gap_policy"])
-        values = np.asarray(data["values"], dtype=np.float32).reshape(-1, buffer.channels)
-        observed = np.asarray(data["observed"], dtype=bool).reshape(-1, buffer.channels)
-        size = values.shape[0]
-        if size > buffer.length or observed.shape[0] != size or not np.isfinite(values).all():
-            raise ValueError("window state is inconsistent (row counts or non-finite values)")
-        buffer._values[:size] = values
-        buffer._observed[:size] = observed
-        buffer._size = size
-        buffer._head = size % buffer.length
-        buffer._last_value = np.asarray(data["last_value"], dtype=np.float32)
-        buffer._since_seen = np.asarray(data["since_seen"], dtype=np.int64)
-        if buffer._last_value.shape != (buffer.channels,) or buffer._since_seen.shape != (
-            buffer.channels,
-        ):
-            raise ValueError("window state has per-channel fields of the wrong length")
-        return buffer

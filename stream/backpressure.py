@@ -11,7 +11,7 @@ Why not ``consumer.pause_partitions`` from the agent: in faust-streaming 0.15 re
 fetched for a partition that is paused that way are skipped, and the offsets after them are
 still committed — events would be lost. Faust's own buffer flow control has no such gap.
 
-:class:`BufferPressure` only watches: it exports how many partitions are paused and how often.
+:class:`~vigil.stream.intake.IntakeSensor` counts how often a buffer fills (Faust's sensor hook).
 
 A buffer sized in events bounds the wait only to ``size / rate``, which at a few hundred events
 per second is seconds. :class:`InWorkerLimit` bounds it by time instead: it measures how many
@@ -21,33 +21,6 @@ finish within ``VIGIL_BATCH__LATENCY_TARGET_MS``, the stream stops letting fetch
 """
 
 from __future__ import annotations
-
-from typing import Any
-
-from faust.types import TP
-
-from stream.metrics import VigilMetrics
-
-
-class BufferPressure:
-    def __init__(self, app: Any, metrics: VigilMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.paused: set[TP] = set()
-        self.pauses = 0
-
-    def tick(self, held: set[TP] | None = None) -> set[TP]:
-        """Read which partitions Faust holds back because their buffer is full; ``held``
-        are those the in-worker limit holds right now (counted where it holds them)."""
-        consumer = self.app.consumer
-        now = set(getattr(consumer, "_buffered_partitions", set()))
-        newly = now - self.paused
-        if newly:
-            self.pauses += len(newly)
-            self.metrics.partition_pauses.inc(len(newly))
-        self.paused = now
-        self.metrics.paused_partitions.set(len(now | (held or set())))
-        return now
 
 
 class InWorkerLimit:

@@ -25,10 +25,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
 
-from connectors.file_formats import ColumnChoice
-from connectors.producer import RecordProducer
-from connectors.replay import FileReplay
 from vigil import local_services
+from vigil.connectors.file_formats import ColumnChoice
+from vigil.connectors.producer import RecordProducer
+from vigil.connectors.replay import FileReplay
 from vigil.records import Reading
 from vigil.settings import (
     BatchConfig,

@@ -10,34 +10,41 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
 import redis
 import torch
 from torch import nn
 
-from models.batching import BatchRecord, BatchScheduler
-from models.device import select_device
-from models.forecaster import Forecaster, build_forecaster
-from models.inference import InferenceEngine
-from models.registry import LiveModelWatcher, ModelRegistry
-from models.replay import ReplayBuffer
-from models.training import OnlineTrainer, RoundResult
-from stream.metrics import VigilMetrics
-from stream.series_processor import BatchOutput, SeriesProcessor
+from vigil.models.batching import BatchRecord, BatchScheduler
+from vigil.models.device import select_device
+from vigil.models.forecaster import Forecaster, build_forecaster
+from vigil.models.inference import InferenceEngine
+from vigil.models.registry import LiveModelWatcher, ModelRegistry
+from vigil.models.replay import ReplayBuffer
+from vigil.models.training import OnlineTrainer, RoundResult
 from vigil.records import ModelAnnouncement
 from vigil.settings import ModelGroup, VigilSettings
+from vigil.stream.metrics import VigilMetrics
+from vigil.stream.series_processor import BatchOutput, SeriesProcessor
 
-if TYPE_CHECKING:
-    from stream.topology import VigilStream
+Announce = Callable[[ModelAnnouncement], Coroutine[Any, Any, None]]
 
 log = logging.getLogger("vigil.group")
 
 
 class GroupRuntime:
-    def __init__(self, group: ModelGroup, settings: VigilSettings, metrics: VigilMetrics) -> None:
+    def __init__(
+        self,
+        group: ModelGroup,
+        settings: VigilSettings,
+        metrics: VigilMetrics,
+        *,
+        announce: Announce | None = None,
+    ) -> None:
         self.group = group
         self.settings = settings
         self.metrics = metrics
@@ -47,6 +54,7 @@ class GroupRuntime:
             self.predict,
             lambda: self.version,
             self.step_keys if group.inference == "stateful" else None,
+            max_future_s=settings.stream.max_future_s,
         )
         # Stateful steps are tiny and sequential per round: they run on one thread of their own
         # (the batch scheduler's thread serves window mode), never on the event loop.
@@ -63,7 +71,7 @@ class GroupRuntime:
         self.watcher: LiveModelWatcher | None = None
         self.registry: ModelRegistry | None = None
         self.buffer: ReplayBuffer | None = None
-        self._stream: VigilStream | None = None
+        self._announce_to = announce  # tells other workers (the model-versions topic)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._steps_reported = 0
         self._started = asyncio.Event()
@@ -77,8 +85,7 @@ class GroupRuntime:
         return self.scheduler.queue_depth if self.scheduler is not None else 0
 
     # ---- lifecycle ----------------------------------------------------------------------
-    async def start(self, stream: VigilStream | None = None) -> None:
-        self._stream = stream
+    async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         model = cast(Forecaster, await asyncio.to_thread(self._load_live_model))
         self.engine = InferenceEngine(model, self.device, version=self.version)
@@ -221,10 +228,10 @@ class GroupRuntime:
         self.metrics.set_live_version(self.group.name, version)
 
     def _announce(self, version: str, reason: str) -> None:
-        stream, loop = self._stream, self._loop
-        if stream is None or loop is None:
+        announce, loop = self._announce_to, self._loop
+        if announce is None or loop is None:
             return
         announcement = ModelAnnouncement(
             group=self.group.name, version=version, at=time.time(), reason=reason
         )
-        asyncio.run_coroutine_threadsafe(stream.announce(announcement), loop)
+        asyncio.run_coroutine_threadsafe(announce(announcement), loop)

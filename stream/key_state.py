@@ -1,37 +1,58 @@
 """Everything Vigil remembers about one series (key) of one model group, JSON-able for Redis.
 
-Each part is a small pure estimator from ``models``; this module only bundles them and knows how
-to create them for a new key and restore them from a stored dict.
+Each part is a small pure estimator from ``models`` taking plain parameters; this module bundles
+them, and :meth:`KeyState.new` is the one place where a group's settings become estimator
+parameters. Storing and restoring go through :mod:`vigil.models.state_codec`, which encodes the
+whole bundle, nested estimators included, as one strict-JSON dict.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
-from models.admission import TrainingAdmission
-from models.conformal import AdaptiveConformal
-from models.drift import ResidualDriftMonitor
-from models.incidents import IncidentDetector
-from models.normalizer import RunningNormalizer
-from models.scoring import ResidualScorer
-from models.window import WindowBuffer
+from vigil.models import state_codec
+from vigil.models.admission import TrainingAdmission
+from vigil.models.conformal import AdaptiveConformal
+from vigil.models.drift import ResidualDriftMonitor
+from vigil.models.incidents import IncidentDetector
+from vigil.models.normalizer import RunningNormalizer
+from vigil.models.scoring import NORMALISED_MIN_SPREAD, ResidualScorer
+from vigil.models.state_codec import persistent
+from vigil.models.window import WindowBuffer
 from vigil.settings import ModelGroup
 
 CONTEXT_VALUES = 32  # recent raw values kept for alert context
 
 
+@persistent
 @dataclass
 class PendingForecast:
     """A forecast made at an earlier event, in normalised units, aged one step per event."""
+
+    __state__: ClassVar[tuple[str, ...]] = ()
 
     values: list[list[float]]  # [horizon][channels]
     age: int = 0
 
 
+@persistent
 @dataclass
 class KeyState:
+    """The estimators of one key (constructor parameters) and what the stream tracks beside."""
+
+    __state__: ClassVar[tuple[str, ...]] = (
+        "pending",
+        "hidden",
+        "hidden_version",
+        "last_ts",
+        "interval",
+        "events",
+        "positions",
+        "recent",
+    )
+
     key: str
     group: str
     normalizer: RunningNormalizer
@@ -41,18 +62,19 @@ class KeyState:
     conformal: list[AdaptiveConformal]  # one per channel
     drift: ResidualDriftMonitor
     admission: TrainingAdmission
-    pending: PendingForecast | None = None
-    hidden: str | None = None  # stateful mode: recurrent state (base64) after the last event
-    hidden_version: str | None = None  # the model version that produced `hidden`
-    last_ts: float | None = None
-    interval: float | None = None  # typical time between events (EWMA), for gap detection
-    events: int = 0
-    partition: int | None = None
-    offset: int | None = None
-    recent: deque[float] = field(default_factory=lambda: deque(maxlen=CONTEXT_VALUES))
+    pending: PendingForecast | None = field(default=None, init=False)
+    hidden: str | None = field(default=None, init=False)  # stateful mode: LSTM state (base64)
+    hidden_version: str | None = field(default=None, init=False)  # model version of `hidden`
+    last_ts: float | None = field(default=None, init=False)
+    interval: float | None = field(default=None, init=False)  # typical gap between events (EWMA)
+    events: int = field(default=0, init=False)
+    # newest offset absorbed per source "topic:partition": redelivered records are recognised
+    positions: dict[str, int] = field(default_factory=dict, init=False)
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=CONTEXT_VALUES), init=False)
 
     @classmethod
     def new(cls, key: str, group: ModelGroup) -> Self:
+        """A fresh state for ``key``: the mapping from settings to estimator parameters."""
         model, detector = group.model, group.detector
         channels = model.input_size
         return cls(
@@ -60,58 +82,34 @@ class KeyState:
             group=group.name,
             normalizer=RunningNormalizer(channels),
             window=WindowBuffer(model.window + model.horizon, channels, group.gap_policy),
-            scorer=ResidualScorer.from_config(detector),
-            incidents=IncidentDetector.from_config(key, detector),
+            scorer=ResidualScorer(
+                short_window=detector.short_window,
+                long_window=detector.long_window,
+                min_spread=NORMALISED_MIN_SPREAD,  # residuals are in normalised units
+                threshold=detector.threshold,
+                clear_threshold=detector.clear_threshold,
+            ),
+            incidents=IncidentDetector(
+                key,
+                threshold=detector.threshold,
+                clear_threshold=detector.clear_threshold,
+                cooldown_events=detector.cooldown_events,
+                warmup_events=detector.warmup_events,
+            ),
             conformal=[
-                AdaptiveConformal.from_config(detector, horizon=model.horizon)
+                AdaptiveConformal(horizon=model.horizon, alpha=detector.interval_alpha)
                 for _ in range(channels)
             ],
-            drift=ResidualDriftMonitor.from_config(detector),
+            # the detector's warm-up doubles as the drift test's: no drift before alerts start
+            drift=ResidualDriftMonitor(min_instances=max(2, detector.warmup_events)),
             admission=TrainingAdmission(group.training.level_shift_readmit_after),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "group": self.group,
-            "normalizer": self.normalizer.to_dict(),
-            "window": self.window.to_dict(),
-            "scorer": self.scorer.to_dict(),
-            "incidents": self.incidents.to_dict(),
-            "conformal": [c.to_dict() for c in self.conformal],
-            "drift": self.drift.to_dict(),
-            "admission": self.admission.to_dict(),
-            "pending": None if self.pending is None else [self.pending.values, self.pending.age],
-            "hidden": self.hidden,
-            "hidden_version": self.hidden_version,
-            "last_ts": self.last_ts,
-            "interval": self.interval,
-            "events": self.events,
-            "partition": self.partition,
-            "offset": self.offset,
-            "recent": list(self.recent),
-        }
+        """The state as strict JSON types, for ``orjson.dumps`` (see ``state_codec``)."""
+        return state_codec.encode(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Self:
-        pending = d.get("pending")
-        return cls(
-            key=d["key"],
-            group=d["group"],
-            normalizer=RunningNormalizer.from_dict(d["normalizer"]),
-            window=WindowBuffer.from_dict(d["window"]),
-            scorer=ResidualScorer.from_dict(d["scorer"]),
-            incidents=IncidentDetector.from_dict(d["incidents"]),
-            conformal=[AdaptiveConformal.from_dict(c) for c in d["conformal"]],
-            drift=ResidualDriftMonitor.from_dict(d["drift"]),
-            admission=TrainingAdmission.from_dict(d["admission"]),
-            pending=None if pending is None else PendingForecast(pending[0], pending[1]),
-            hidden=d.get("hidden"),
-            hidden_version=d.get("hidden_version"),
-            last_ts=d.get("last_ts"),
-            interval=d.get("interval"),
-            events=d.get("events", 0),
-            partition=d.get("partition"),
-            offset=d.get("offset"),
-            recent=deque(d.get("recent", []), maxlen=CONTEXT_VALUES),
-        )
+        """Inverse of :meth:`to_dict`; ``ValueError``/``TypeError`` on state that does not fit."""
+        return state_codec.decode(d, cls)

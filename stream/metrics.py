@@ -76,13 +76,47 @@ class VigilMetrics:
         self.queue_depth = Gauge(
             "vigil_inference_queue_depth", "Windows waiting for inference", registry=r
         )
-        self.paused_partitions = Gauge(
-            "vigil_paused_partitions",
-            "Partitions not fetched while their buffer is full",
+        self.buffer_full = Counter(
+            "vigil_buffer_full",
+            "Times Faust's stream buffer of an input partition was full (Faust's flow control"
+            " stops fetching that partition until it drains)",
+            ["topic"],
             registry=r,
         )
-        self.partition_pauses = Counter(
-            "vigil_partition_pauses", "Times a partition was paused by backpressure", registry=r
+        self.intake_holds = Counter(
+            "vigil_intake_holds",
+            "Times the in-worker limit held the fetch loop (the excess waits in Kafka)",
+            registry=r,
+        )
+        self.intake_held = Gauge(
+            "vigil_intake_held", "1 while the in-worker limit holds the fetch loop", registry=r
+        )
+        self.outage = Gauge(
+            "vigil_outage",
+            "1 while a service (redis, kafka) is unreachable and batches wait for it",
+            ["service"],
+            registry=r,
+        )
+        self.keys_in_memory = Gauge(
+            "vigil_keys_in_memory", "Per-key states held in worker memory", ["group"], registry=r
+        )
+        self.keys_evicted = Counter(
+            "vigil_keys_evicted",
+            "Idle keys dropped from worker memory (their state stays in Redis)",
+            ["group"],
+            registry=r,
+        )
+        self.states_quarantined = Counter(
+            "vigil_states_quarantined",
+            "Stored states that could not be loaded: set aside, the key restarts fresh",
+            ["group"],
+            registry=r,
+        )
+        self.output_failures = Counter(
+            "vigil_output_failures",
+            "Output records the broker refused for good (the source event is dead-lettered)",
+            ["topic"],
+            registry=r,
         )
         self.drift_events = Counter("vigil_drift_events", "Drift detected", ["group"], registry=r)
         self.inference_seconds = Histogram(
@@ -110,10 +144,10 @@ class VigilMetrics:
         )
         self.handle_stage = Histogram(
             "vigil_handle_stage_seconds",
-            "Time one batch of events spends in each stage of the agent: decode, load_state,"
-            " process (windows, inference, scoring), send (outputs handed to the producer, states"
-            " encoded), deliver (until Kafka acknowledged them; overlaps the next batch),"
-            " save_state (state to Redis, alerts, training feed), and the whole batch (handle)",
+            "Time one batch of events spends in each stage: decode, load_state, process (windows,"
+            " inference, scoring), encode (outputs and states serialised), send (outputs handed"
+            " to the producer), deliver (until Kafka acknowledged them; overlaps the next"
+            " batch), save_state (state to Redis, training feed), and the whole batch (handle)",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,

@@ -3,30 +3,41 @@
 The Faust agent and the evaluation harness both call :meth:`SeriesProcessor.process`, so what is
 evaluated is what is deployed. One call handles a batch of events from many keys in three steps:
 
-1. per key, in time order: drop replays, dead-letter duplicates and late events, fill gaps,
-   normalise, push into the key's window and snapshot the window;
+1. per key, in time order: drop replays (offsets the key's saved state already absorbed, per
+   source topic-partition), dead-letter duplicates, late, far-future and out-of-range events,
+   fill gaps, normalise, push into the key's window and snapshot the window;
 2. ONE batched forward pass over every snapshot (several events of one key included: each window
    is already known, so nothing waits on the previous forecast);
 3. per key, in time order: score each value against the forecast made one step earlier, update
-   intervals, incidents and drift, emit predictions and alerts, and cut training examples.
+   intervals, incidents and drift (:meth:`SeriesProcessor._assess`), then build the prediction,
+   alert and drift records and cut training examples.
+
+A key whose processing raises (a bug, or state no estimator can use) loses only its own events
+to dead letters (``processing_error``) and is reloaded from its last saved state next time: one
+key never takes the other keys of a batch down.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import math
+import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.scoring import reduce_residual
-from stream.key_state import KeyState, PendingForecast
-from stream.validation import InputEvent, Rejection
 from vigil import __version__
+from vigil.models.drift import DriftSignal
+from vigil.models.incidents import IncidentEvent
+from vigil.models.scoring import ScoreResult, reduce_residual
 from vigil.records import Alert, DriftEvent, Prediction, Provenance
 from vigil.settings import ModelGroup
+from vigil.stream.key_state import KeyState, PendingForecast
+from vigil.stream.source_position import SourcePosition
+from vigil.stream.validation import InputEvent, Rejection
 
 Predictor = Callable[[np.ndarray], Awaitable[np.ndarray]]  # [N,T,F] -> [N,H,F], normalised
 # Stateful mode: (x [N,F], stored (state, version) per key, windows [N,T,F] to warm from)
@@ -35,7 +46,7 @@ Stepper = Callable[
     [np.ndarray, list[tuple[bytes, str] | None], np.ndarray],
     Awaitable[tuple[np.ndarray, list[bytes], str]],
 ]
-MAX_GAP_FILL_FACTOR = 1  # fill at most one window of missing steps; a longer gap restarts the key
+log = logging.getLogger("vigil.processor")
 GAP_RATIO = 1.5  # a delta this many typical intervals long means steps are missing
 INTERVAL_EWMA = 0.05
 
@@ -56,7 +67,7 @@ class BatchOutput:
     touched: set[str] = field(default_factory=set)
     outcomes: Counter[str] = field(default_factory=Counter)
     lr_scale: float | None = None  # the newest drift-driven learning-rate scale, if any
-    flagged_offsets: set[tuple[str, int, int]] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)  # keys whose processing raised: not saved
 
 
 @dataclass
@@ -74,6 +85,16 @@ class _Step:
     request: int | None = None  # row in the batched forward pass
 
 
+@dataclass
+class _Assessment:
+    """What the per-key estimators made of one accepted event (step 3, before any record)."""
+
+    score: ScoreResult
+    incident: IncidentEvent | None
+    flagged: bool
+    drift: DriftSignal | None
+
+
 class SeriesProcessor:
     def __init__(
         self,
@@ -81,6 +102,9 @@ class SeriesProcessor:
         predictor: Predictor,
         model_version: Callable[[], str],
         stepper: Stepper | None = None,
+        *,
+        max_future_s: float | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         if group.inference == "stateful" and stepper is None:
             raise ValueError(f"group {group.name!r} is stateful but no stepper was given")
@@ -91,12 +115,19 @@ class SeriesProcessor:
         self.window = group.model.window
         self.horizon = group.model.horizon
         self.channels = group.model.input_size
+        self.max_abs_value = group.max_abs_value
+        self.max_future_s = max_future_s
+        self.clock = clock
 
     def new_state(self, key: str) -> KeyState:
         return KeyState.new(key, self.group)
 
     async def process(self, events: list[InputEvent], states: dict[str, KeyState]) -> BatchOutput:
-        """Handle a batch; ``states`` holds (and receives) the state of every key in it."""
+        """Handle a batch; ``states`` holds (and receives) the state of every key in it.
+
+        A key in ``out.failed`` raised while being processed: its events are dead-lettered and
+        its in-memory state is dropped from ``states`` (its saved state is reloaded next time).
+        """
         out = BatchOutput()
         by_key: dict[str, list[InputEvent]] = defaultdict(list)
         for event in events:
@@ -110,7 +141,10 @@ class SeriesProcessor:
                 state = states[key] = self.new_state(key)
                 out.outcomes["new_key"] += 1
             key_events.sort(key=lambda e: (e.reading.ts, e.offset))  # the reorder buffer
-            steps[key] = self._observe(state, key_events, out, windows)
+            try:
+                steps[key] = self._observe(state, key_events, out, windows)
+            except Exception as exc:
+                self._fail_key(key, key_events, exc, states, out)
 
         if not windows:
             forecasts = np.empty((0,))
@@ -122,25 +156,49 @@ class SeriesProcessor:
             out.outcomes["inferred"] += len(windows)
         version = self.model_version()
         for key, key_steps in steps.items():
-            self._emit(states[key], key_steps, forecasts, version, out)
-            if key_steps:
-                out.touched.add(key)
+            try:
+                for step in key_steps:
+                    self._emit(states[key], step, forecasts, version, out)
+            except Exception as exc:
+                self._fail_key(key, by_key[key], exc, states, out)
+                continue
+            out.touched.add(key)  # even all-rejected: its positions moved
         return out
+
+    def _fail_key(
+        self,
+        key: str,
+        events: list[InputEvent],
+        exc: Exception,
+        states: dict[str, KeyState],
+        out: BatchOutput,
+    ) -> None:
+        log.error("group %s: key %r failed (%s: %s); its events go to dead letters",
+                  self.group.name, key, type(exc).__name__, exc)  # fmt: skip
+        states.pop(key, None)
+        out.failed.add(key)
+        out.touched.discard(key)
+        reason = Rejection("processing_error", f"{type(exc).__name__}: {exc}"[:500])
+        out.rejected = [(e, r) for e, r in out.rejected if e.key != key]
+        out.predictions = [p for p in out.predictions if p.key != key]
+        out.alerts = [a for a in out.alerts if a.key != key]
+        out.drift = [d for d in out.drift if d.key != key]
+        out.rejected.extend((event, reason) for event in events)
 
     # ---- step 1 -------------------------------------------------------------------------
     def _observe(
         self, state: KeyState, events: list[InputEvent], out: BatchOutput, windows: list[np.ndarray]
     ) -> list[_Step]:
         accepted: list[_Step] = []
+        absorbed = dict(state.positions)  # what the saved state had, before this batch
         for event in events:
-            if self._redelivered(state, event):
-                out.outcomes["replayed"] += 1
+            source = SourcePosition(event.topic, event.partition, event.offset).source
+            if event.offset <= absorbed.get(source, -1):
+                out.outcomes["replayed"] += 1  # redelivered after a restart: already in state
                 continue
-            rejection = self._check_order(state, event)
-            if rejection is not None:
-                out.rejected.append((event, rejection))
-                continue
-            vector = self._vector(event)
+            state.positions[source] = max(state.positions.get(source, -1), event.offset)
+            rejection = self._check_time(state, event)
+            vector = self._vector(event) if rejection is None else rejection
             if isinstance(vector, Rejection):
                 out.rejected.append((event, vector))
                 continue
@@ -165,21 +223,11 @@ class SeriesProcessor:
                 step.request = len(windows)
                 windows.append(snapshot[-self.window :])  # the newest `window` rows
             state.last_ts = event.reading.ts
-            state.partition, state.offset = event.partition, event.offset
             state.events += 1
             if vector[0] is not None:
                 state.recent.append(float(vector[0]))
             accepted.append(step)
         return accepted
-
-    @staticmethod
-    def _redelivered(state: KeyState, event: InputEvent) -> bool:
-        """Kafka redelivers after a restart what was absorbed but not committed: skip it."""
-        return (
-            state.partition == event.partition
-            and state.offset is not None
-            and event.offset <= state.offset
-        )
 
     # ---- step 2, stateful mode --------------------------------------------------------------
     async def _step_rounds(
@@ -210,18 +258,24 @@ class SeriesProcessor:
                 states[key].hidden_version = ran
         return forecasts
 
-    def _check_order(self, state: KeyState, event: InputEvent) -> Rejection | None:
+    def _check_time(self, state: KeyState, event: InputEvent) -> Rejection | None:
+        ts = event.reading.ts
+        if self.max_future_s is not None:
+            now = event.kafka_ts if event.kafka_ts else self.clock()
+            if ts - now > self.max_future_s:
+                return Rejection(
+                    "future",
+                    f"timestamp {ts} is {ts - now:.0f}s ahead of the record's Kafka"
+                    f" timestamp ({now}); the limit is {self.max_future_s:.0f}s",
+                )
         if state.last_ts is None:
             return None
-        ts = event.reading.ts
         if ts == state.last_ts:
-            return Rejection(
-                "duplicate", f"duplicate: key {event.key!r} already has timestamp {ts}"
-            )
+            return Rejection("duplicate", f"key {event.key!r} already has timestamp {ts}")
         if ts < state.last_ts:
             return Rejection(
                 "late",
-                f"late: timestamp {ts} is {state.last_ts - ts:.3f}s older than the key's last "
+                f"timestamp {ts} is {state.last_ts - ts:.3f}s older than the key's last "
                 f"({state.last_ts}); beyond the reorder buffer",
             )
         return None
@@ -243,6 +297,13 @@ class SeriesProcessor:
                 "shape",
                 f"expected {self.channels} values for group {self.group.name!r}, got {len(vector)}",
             )
+        for value in vector:
+            if value is not None and abs(value) > self.max_abs_value:
+                return Rejection(
+                    "out_of_range",
+                    f"|{value}| exceeds group {self.group.name!r}'s max_abs_value"
+                    f" {self.max_abs_value:g}",
+                )
         return vector
 
     def _fill_gap(self, state: KeyState, ts: float, out: BatchOutput) -> int:
@@ -257,7 +318,7 @@ class SeriesProcessor:
         if delta > GAP_RATIO * state.interval > 0:
             missing = round(delta / state.interval) - 1
             out.outcomes["gap"] += 1
-            for _ in range(min(missing, self.window * MAX_GAP_FILL_FACTOR)):
+            for _ in range(min(missing, self.window)):  # a longer gap only restarts the window
                 state.window.push([None] * self.channels)
                 for conformal in state.conformal:
                     conformal.observe(None)
@@ -269,101 +330,109 @@ class SeriesProcessor:
 
     # ---- step 3 -------------------------------------------------------------------------
     def _emit(
+        self, state: KeyState, step: _Step, forecasts: np.ndarray, version: str, out: BatchOutput
+    ) -> None:
+        event = step.event
+        provenance = Provenance(
+            topic=event.topic,
+            partition=event.partition,
+            offset=event.offset,
+            model_version=version,
+            vigil_version=__version__,
+        )
+        seen = self._assess(state, step)
+        if seen.drift is not None:
+            out.lr_scale = state.drift.lr_scale
+            out.drift.append(self._drift_record(state, step, seen.drift, provenance))
+        if state.admission.admit(seen.flagged):
+            if step.full and step.snapshot is not None:
+                rows = step.snapshot
+                out.examples.append(TrainingExample(rows[: self.window], rows[self.window :]))
+        else:
+            out.outcomes["withheld_from_training"] += 1
+        for channel, conformal in enumerate(state.conformal):
+            conformal.observe(step.observed[channel])
+
+        forecast_raw: np.ndarray | None = None
+        if step.request is not None:
+            normalised = forecasts[step.request]  # [H,F]
+            forecast_raw = normalised * step.std + step.mean
+            state.pending = PendingForecast(normalised.astype(float).tolist(), 0)
+            out.predictions.append(self._prediction(state, step, forecast_raw, seen, provenance))
+            out.outcomes["predicted"] += 1
+        else:
+            out.outcomes["warming"] += 1
+        if seen.incident is not None:
+            out.alerts.append(self._alert(state, seen.incident, forecast_raw, provenance))
+
+    def _assess(self, state: KeyState, step: _Step) -> _Assessment:
+        """The estimator step: residual → score → incident → drift, in that order."""
+        residual = self._residual(state, step)
+        score = state.scorer.score_one(residual)
+        incident = state.incidents.update(score.score, step.event.reading.ts)
+        flagged = state.incidents.active or (incident is not None and incident.kind == "opened")
+        drift = (
+            state.drift.update(residual, step.event.reading.ts) if math.isfinite(residual) else None
+        )
+        return _Assessment(score, incident, flagged, drift)
+
+    def _prediction(
         self,
         state: KeyState,
-        steps: list[_Step],
-        forecasts: np.ndarray,
-        version: str,
-        out: BatchOutput,
-    ) -> None:
-        group = self.group.name
-        for step in steps:
-            event = step.event
-            provenance = Provenance(
-                topic=event.topic,
-                partition=event.partition,
-                offset=event.offset,
-                model_version=version,
-                vigil_version=__version__,
-            )
-            residual = self._residual(state, step)
-            result = state.scorer.score_one(residual)
-            incident = state.incidents.update(result.score, event.reading.ts)
-            flagged = state.incidents.active or (incident is not None and incident.kind == "opened")
-            if flagged:
-                out.flagged_offsets.add((event.topic, event.partition, event.offset))
-            signal = (
-                state.drift.update(residual, event.reading.ts) if math.isfinite(residual) else None
-            )
-            if signal is not None:
-                out.lr_scale = state.drift.lr_scale
-                out.drift.append(
-                    DriftEvent(
-                        key=state.key,
-                        group=group,
-                        timestamp=event.reading.ts,
-                        direction=signal.direction,
-                        method=signal.method,
-                        statistic=float(signal.statistic),
-                        lr_scale=state.drift.lr_scale,
-                        provenance=provenance,
-                    )
-                )
-            if state.admission.admit(flagged):
-                if step.full and step.snapshot is not None:
-                    rows = step.snapshot
-                    out.examples.append(TrainingExample(rows[: self.window], rows[self.window :]))
-            else:
-                out.outcomes["withheld_from_training"] += 1
+        step: _Step,
+        forecast_raw: np.ndarray,
+        seen: _Assessment,
+        provenance: Provenance,
+    ) -> Prediction:
+        bounds = [c.issue(forecast_raw[:, ch].tolist()) for ch, c in enumerate(state.conformal)]
+        return Prediction(
+            key=state.key,
+            timestamp=step.event.reading.ts,
+            forecast=forecast_raw[:, 0].tolist(),
+            lower=[lo for lo, _ in bounds[0]],
+            upper=[hi for _, hi in bounds[0]],
+            channels=self._channel_forecasts(forecast_raw, bounds),
+            observed=step.observed[0],
+            score=seen.score.score,
+            anomaly=seen.flagged,
+            group=self.group.name,
+            provenance=provenance,
+        )
 
-            for channel, conformal in enumerate(state.conformal):
-                conformal.observe(step.observed[channel])
+    def _alert(
+        self,
+        state: KeyState,
+        incident: IncidentEvent,
+        forecast_raw: np.ndarray | None,
+        provenance: Provenance,
+    ) -> Alert:
+        return Alert(
+            alert_id=incident.incident_id,
+            key=state.key,
+            group=self.group.name,
+            status="firing" if incident.kind == "opened" else "resolved",
+            severity=incident.severity,
+            start=incident.start,
+            end=incident.end,
+            score=incident.peak if incident.kind == "resolved" else incident.score,
+            recent_values=list(state.recent),
+            forecast=forecast_raw[:, 0].tolist() if forecast_raw is not None else [],
+            provenance=provenance,
+        )
 
-            forecast_raw: np.ndarray | None = None
-            if step.request is not None:
-                normalised = forecasts[step.request]  # [H,F]
-                forecast_raw = normalised * step.std + step.mean
-                state.pending = PendingForecast(normalised.astype(float).tolist(), 0)
-                bounds = [
-                    c.issue(forecast_raw[:, ch].tolist()) for ch, c in enumerate(state.conformal)
-                ]
-                observed0 = step.observed[0]
-                out.predictions.append(
-                    Prediction(
-                        key=state.key,
-                        timestamp=event.reading.ts,
-                        forecast=forecast_raw[:, 0].tolist(),
-                        lower=[lo for lo, _ in bounds[0]],
-                        upper=[hi for _, hi in bounds[0]],
-                        channels=self._channel_forecasts(forecast_raw, bounds),
-                        observed=observed0,
-                        score=result.score,
-                        anomaly=flagged,
-                        group=group,
-                        provenance=provenance,
-                    )
-                )
-                out.outcomes["predicted"] += 1
-            else:
-                out.outcomes["warming"] += 1
-
-            if incident is not None:
-                context = forecast_raw[:, 0].tolist() if forecast_raw is not None else []
-                out.alerts.append(
-                    Alert(
-                        alert_id=incident.incident_id,
-                        key=state.key,
-                        group=group,
-                        status="firing" if incident.kind == "opened" else "resolved",
-                        severity=incident.severity,
-                        start=incident.start,
-                        end=incident.end,
-                        score=incident.peak if incident.kind == "resolved" else incident.score,
-                        recent_values=list(state.recent),
-                        forecast=context,
-                        provenance=provenance,
-                    )
-                )
+    def _drift_record(
+        self, state: KeyState, step: _Step, signal: DriftSignal, provenance: Provenance
+    ) -> DriftEvent:
+        return DriftEvent(
+            key=state.key,
+            group=self.group.name,
+            timestamp=step.event.reading.ts,
+            direction=signal.direction,
+            method=signal.method,
+            statistic=float(signal.statistic),
+            lr_scale=state.drift.lr_scale,
+            provenance=provenance,
+        )
 
     def _residual(self, state: KeyState, step: _Step) -> float:
         """Normalised residual of this value against the forecast that covered it (NaN: none)."""

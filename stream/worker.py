@@ -9,8 +9,8 @@ import logging
 import torch
 from faust import Worker
 
-from stream.topology import VigilStream
 from vigil.settings import VigilSettings
+from vigil.stream.topology import VigilStream
 from vigil.topics import ensure_topics
 
 

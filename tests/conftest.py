@@ -21,6 +21,37 @@ SHARED_DATA = Path(
 ).resolve()
 
 
+# ---- CI: a test that needs Kafka and Redis must run there, never skip -----------------------
+_service_tests: set[str] = set()
+_skipped_service_tests: list[str] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that uses the services fixture (directly or through another fixture) is a service
+    test whether or not it carries the marker."""
+    for item in items:
+        if "services" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.services)
+        if item.get_closest_marker("services") is not None:
+            _service_tests.add(item.nodeid)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and report.nodeid in _service_tests and not hasattr(report, "wasxfail"):
+        _skipped_service_tests.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI=true a skipped service test fails the run: a green CI must have exercised them."""
+    if os.environ.get("CI", "").lower() not in ("true", "1") or not _skipped_service_tests:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = ["service tests skipped under CI (they must run):", *_skipped_service_tests]
+    if reporter is not None:
+        reporter.write_line("\n  ".join(lines), red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(scope="session")
 def services() -> Iterator[VigilSettings]:
     """The real Kafka and Redis, started if needed; left running for the next test run."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from bench.worker_subprocess import free_port
+from vigil.bench.worker_subprocess import free_port
 from vigil.settings import VigilSettings
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"

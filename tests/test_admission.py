@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from models.admission import TrainingAdmission
+from vigil.models.admission import TrainingAdmission
+from vigil.models.state_codec import dumps, loads
 
 
 def test_flagged_events_are_kept_out() -> None:
@@ -44,7 +43,7 @@ def test_state_round_trips_through_json_mid_streak() -> None:
     gate = TrainingAdmission(readmit_after=3)
     gate.admit(True)
     gate.admit(True)
-    restored = TrainingAdmission.from_dict(json.loads(json.dumps(gate.to_dict())))
+    restored = loads(dumps(gate), TrainingAdmission)
     assert restored == gate
     assert restored.admit(True) is True  # the third flagged event in a row, across a restart
 

@@ -15,16 +15,9 @@ from redis.asyncio import Redis
 from typer.testing import CliRunner
 from webhook_receiver import WebhookReceiver, make_alert, wait_until
 
-from connectors.alert_dispatch import AlertDispatcher
-from connectors.alert_routing import (
-    Silence,
-    SilenceRequestError,
-    SilenceStore,
-    group_key,
-    inhibiting_alert,
-    parse_duration,
-    route,
-)
+from vigil.alerting.dispatcher import AlertDispatcher
+from vigil.alerting.routing import group_key, inhibiting_alert, route
+from vigil.alerting.silences import Silence, SilenceRequestError, SilenceStore, parse_duration
 from vigil.settings import AlertingConfig, AlertMatcher, InhibitRule, VigilSettings, WebhookEndpoint
 
 MARKET_HALT = InhibitRule(
@@ -286,8 +279,6 @@ def test_silence_cli_add_list_expire(settings: VigilSettings, run_id: str) -> No
 
 def test_a_resolve_in_the_same_notification_as_its_silenced_firing_is_muted_too() -> None:
     """A fast incident can fire and resolve inside one group wait: the pair must stay silent."""
-    from connectors.alert_routing import Silence, route
-
     now = time.time()
     silence = Silence(matchers=AlertMatcher(key="quiet-*"), starts_at=now - 1, ends_at=now + 60)
     alerts = [

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from models.baselines import (
+from vigil.models.baselines import (
     ForecastResidualDetector,
     Persistence,
     RiverHalfSpaceTrees,
     RiverLinearLags,
     SeasonalNaive,
 )
-from models.online import OnlineDetector, OnlineForecaster
-from models.scoring import ResidualScorer
+from vigil.models.online import OnlineDetector, OnlineForecaster
+from vigil.models.scoring import ResidualScorer
 
 PHI = (1.2, -0.5)
 

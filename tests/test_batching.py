@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.batching import BatchRecord, BatchScheduler, BatchSizer, SchedulerStoppedError
-from models.forecaster import build_forecaster
-from models.inference import InferenceEngine
+from vigil.models.batching import BatchRecord, BatchScheduler, BatchSizer, SchedulerStoppedError
+from vigil.models.forecaster import build_forecaster
+from vigil.models.inference import InferenceEngine
 from vigil.settings import BatchConfig, ModelConfig
 
 T, F = 4, 2
@@ -188,7 +188,7 @@ async def test_stop_fails_queued_requests_and_finishes_the_running_batch() -> No
         await scheduler.submit(window(0))
 
 
-async def test_queue_depth_and_overload_flag() -> None:
+async def test_queue_depth() -> None:
     predictor = RecordingPredictor()
     predictor.release = threading.Event()
     scheduler = await started(predictor, max_size=1, max_wait_ms=0.0, max_queue=3)
@@ -196,10 +196,9 @@ async def test_queue_depth_and_overload_flag() -> None:
     while not predictor.calls:
         await asyncio.sleep(0.005)
     assert scheduler.queue_depth == 5
-    assert scheduler.overloaded
     predictor.release.set()
     await asyncio.gather(*tasks)
-    assert scheduler.queue_depth == 0 and not scheduler.overloaded
+    assert scheduler.queue_depth == 0
     await scheduler.stop()
 
 

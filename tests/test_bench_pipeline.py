@@ -12,10 +12,10 @@ import pytest
 import redis
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bench.pipeline import PipelinePlan, run_pipeline_bench
-from bench.prometheus_histogram import BucketCounts, histogram, sample_total
-from stream.backpressure import InWorkerLimit
+from vigil.bench.pipeline import PipelinePlan, run_pipeline_bench
+from vigil.bench.prometheus_histogram import BucketCounts, histogram, sample_total
 from vigil.settings import ModelConfig, ModelGroup, TrainingConfig, VigilSettings
+from vigil.stream.backpressure import InWorkerLimit
 
 EXPOSITION = """\
 # HELP demo_seconds A demo histogram.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 
@@ -10,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.conformal import AdaptiveConformal
-from vigil.settings import DetectorConfig
+from vigil.models.conformal import AdaptiveConformal
+from vigil.models.state_codec import dumps, encode, loads
 
 LENGTH = 4000
 
@@ -91,9 +90,9 @@ def test_interval_is_pure_and_zero_width_before_data() -> None:
     assert conformal.interval([1.0, 2.0]) == [(1.0, 1.0), (2.0, 2.0)]
     for i in range(50):
         conformal.learn_one([0.0, 0.0], [float(i % 5), float(i % 7)])
-    state = conformal.to_dict()
+    state = encode(conformal)
     assert conformal.interval([1.0, 2.0]) == conformal.interval([1.0, 2.0])
-    assert conformal.to_dict() == state
+    assert encode(conformal) == state
     with pytest.raises(ValueError, match="forecast steps"):
         conformal.interval([1.0])
 
@@ -104,13 +103,6 @@ def test_non_finite_outcomes_are_skipped() -> None:
     conformal.learn_one([math.inf], [1.0])
     conformal.observe(None)
     assert conformal.alpha_t == [0.1] and math.isnan(conformal.coverage[0])
-
-
-def test_from_config() -> None:
-    conformal = AdaptiveConformal.from_config(
-        DetectorConfig.model_validate(dict(interval_alpha=0.2)), horizon=4
-    )
-    assert conformal.alpha == 0.2 and conformal.horizon == 4
 
 
 @settings(max_examples=50, deadline=None)
@@ -132,8 +124,6 @@ def test_roundtrip_and_ordered_bounds(values: list[float], horizon: int, split: 
         return issued
 
     run(original, values[:split])
-    restored = AdaptiveConformal.from_dict(
-        json.loads(json.dumps(original.to_dict(), allow_nan=False))
-    )
+    restored = loads(dumps(original), AdaptiveConformal)
     assert run(restored, values[split:]) == run(original, values[split:])
-    assert restored.to_dict() == original.to_dict()
+    assert encode(restored) == encode(original)

@@ -677,7 +677,8 @@ CONTRACT_METRICS = {
     "vigil_consumer_lag",
     "vigil_event_loop_lag_seconds",
     "vigil_inference_queue_depth",
-    "vigil_paused_partitions",
+    "vigil_intake_held",
+    "vigil_outage",
     "vigil_webhook_deliveries_total",
     "vigil_webhook_retries_throttled_total",
     "vigil_drift_events_total",
@@ -686,8 +687,8 @@ CONTRACT_METRICS = {
 
 def exposed_metric_names() -> set[str]:
     """Sample names the worker's /metrics can serve, from the real metric definitions."""
-    import connectors.webhooks  # noqa: F401  (registers the webhook counters)
-    from stream.metrics import VigilMetrics
+    import vigil.alerting.delivery  # noqa: F401  (registers the webhook counters)
+    from vigil.stream.metrics import VigilMetrics
 
     names = set()
     for family in VigilMetrics().registry.collect():

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bench.detectors import ForecastSetup, forecaster_factories, register_forecaster
-from bench.eval_cli import app
-from bench.forecast_eval import (
+from vigil.bench.detectors import ForecastSetup, forecaster_factories, register_forecaster
+from vigil.bench.eval_cli import app
+from vigil.bench.forecast_eval import (
     build_forecasters,
     detect_season,
     evaluate_series,

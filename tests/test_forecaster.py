@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.cells import CELLS, GRUCell, LSTMCell, PeepholeLSTMCell, RecurrentCell
-from models.device import select_device
-from models.forecaster import Forecaster, StateMismatchError, build_forecaster
-from models.inference import InferenceEngine
-from models.normalizer import RunningNormalizer
+from vigil.models.cells import CELLS, GRUCell, LSTMCell, PeepholeLSTMCell, RecurrentCell
+from vigil.models.device import select_device
+from vigil.models.forecaster import Forecaster, StateMismatchError, build_forecaster
+from vigil.models.inference import InferenceEngine
+from vigil.models.normalizer import RunningNormalizer
+from vigil.models.state_codec import dumps, loads
 from vigil.settings import ConfigError, ModelConfig
 
 CELL_KINDS = sorted(CELLS)
@@ -295,7 +296,7 @@ def test_normalizer_matches_numpy_and_skips_missing() -> None:
     back = norm.denormalize(np.array([[z[0], 0.0]]))
     np.testing.assert_allclose(back, [[7.0, second.mean()]])
 
-    restored = RunningNormalizer.from_dict(norm.to_dict())
+    restored = loads(dumps(norm), RunningNormalizer)
     assert restored == norm
 
 

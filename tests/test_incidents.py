@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.incidents import IncidentDetector, IncidentEvent, incident_id
-from vigil.settings import DetectorConfig
+from vigil.models.incidents import IncidentDetector, IncidentEvent, incident_id
+from vigil.models.state_codec import dumps, loads
 
 
 def feed(
@@ -106,12 +105,7 @@ def test_nan_scores_are_ignored() -> None:
     assert feed(d, [0.999, 0.999, 0.999])[0].start == 1002.0
 
 
-def test_from_config_and_validation() -> None:
-    config = DetectorConfig.model_validate(
-        dict(threshold=0.95, clear_threshold=0.8, cooldown_events=3, warmup_events=7)
-    )
-    d = IncidentDetector.from_config("k", config)
-    assert (d.threshold, d.clear_threshold, d.cooldown_events, d.warmup_events) == (0.95, 0.8, 3, 7)
+def test_validation() -> None:
     with pytest.raises(ValueError, match="clear_threshold"):
         IncidentDetector("k", threshold=0.9, clear_threshold=0.95)
 
@@ -129,8 +123,7 @@ def test_events_alternate_and_roundtrip_replays_identically(
 ) -> None:
     original = detector(cooldown_events=3, warmup_events=4)
     before = feed(original, scores[:split])
-    saved = json.loads(json.dumps(original.to_dict(), allow_nan=False))
-    restored = IncidentDetector.from_dict(saved)
+    restored = loads(dumps(original), IncidentDetector)
     after_original = feed(original, scores[split:], t0=5000.0)
     after_restored = feed(restored, scores[split:], t0=5000.0)
     assert after_original == after_restored

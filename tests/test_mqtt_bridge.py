@@ -10,14 +10,14 @@ import pytest
 from connector_fixtures import by_key, mosquitto, read_topic  # noqa: F401  (fixture)
 from paho.mqtt.enums import CallbackAPIVersion
 
-from connectors.mqtt_bridge import (
+from vigil.connectors.mqtt_bridge import (
     MqttBridge,
     PayloadError,
     TopicKeys,
     reading_from_payload,
     wildcard_segments,
 )
-from connectors.producer import RecordProducer
+from vigil.connectors.producer import RecordProducer
 from vigil.settings import VigilSettings
 from vigil.topics import ensure_topics
 

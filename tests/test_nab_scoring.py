@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bench.eval_cli import app
-from bench.nab.corpus import (
+from vigil.bench.eval_cli import app
+from vigil.bench.nab.corpus import (
     read_profiles,
     read_published_scores,
     read_result_series,
@@ -21,8 +21,8 @@ from bench.nab.corpus import (
     read_thresholds,
     read_windows,
 )
-from bench.nab.evaluation import ScoredFile, layouts_for, score_corpus
-from bench.nab.scoring import (
+from vigil.bench.nab.evaluation import ScoredFile, layouts_for, score_corpus
+from vigil.bench.nab.scoring import (
     NAB_PROFILES,
     CostMatrix,
     layout_file,
@@ -30,7 +30,7 @@ from bench.nab.scoring import (
     scaled_sigmoid,
     score_file,
 )
-from bench.nab.sweep import NO_DETECTION, threshold_curve
+from vigil.bench.nab.sweep import NO_DETECTION, threshold_curve
 
 PUBLISHED_DETECTORS = ["numenta", "windowedGaussian"]
 

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from stream.validation import Rejection, decode_event
 from vigil.records import DeadLetter, Reading
+from vigil.stream.validation import Rejection, decode_event
 
 
 def test_timestamps_in_seconds_milliseconds_and_iso_agree() -> None:

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from models.cli import app as models_app
-from models.forecaster import build_forecaster
-from models.registry import (
+from vigil.models.cli import app as models_app
+from vigil.models.forecaster import build_forecaster
+from vigil.models.registry import (
     LiveModelWatcher,
     ModelRegistry,
     RegistryError,

@@ -16,12 +16,18 @@ from connector_fixtures import by_key, cli_env, head_of_csv, read_topic
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
-from connectors.checkpoint import CheckpointStore, checkpoint_key
-from connectors.file_formats import ColumnChoice, CsvTable, ParquetTable, TableError, open_table
-from connectors.pacing import Pacer
-from connectors.producer import RecordProducer
-from connectors.replay import FileReplay
 from vigil.cli import app
+from vigil.connectors.checkpoint import CheckpointStore, checkpoint_key
+from vigil.connectors.file_formats import (
+    ColumnChoice,
+    CsvTable,
+    ParquetTable,
+    TableError,
+    open_table,
+)
+from vigil.connectors.pacing import Pacer
+from vigil.connectors.producer import RecordProducer
+from vigil.connectors.replay import FileReplay
 from vigil.records import Reading
 from vigil.settings import VigilSettings
 from vigil.topics import ensure_topics

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from models.replay import ReplayBuffer
+from vigil.models.replay import ReplayBuffer
 
 T, H = 4, 1
 

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bench.detectors import ForecastSetup, detector_factories, forecaster_factories
-from bench.eval_cli import app
-from bench.forecast_eval import evaluate_series
-from bench.nab.corpus import read_result_series, read_windows
-from bench.nab.runner import detect_series, run_corpus
-from bench.replay_harness import ReplayHarness, VigilDetector, VigilForecaster
-from models.baselines import Persistence
-from models.forecaster import build_forecaster
-from models.inference import InferenceEngine
-from stream.series_processor import SeriesProcessor
+from vigil.bench.detectors import ForecastSetup, detector_factories, forecaster_factories
+from vigil.bench.eval_cli import app
+from vigil.bench.forecast_eval import evaluate_series
+from vigil.bench.nab.corpus import read_result_series, read_windows
+from vigil.bench.nab.runner import detect_series, run_corpus
+from vigil.bench.replay_harness import ReplayHarness, VigilDetector, VigilForecaster
+from vigil.models.baselines import Persistence
+from vigil.models.forecaster import build_forecaster
+from vigil.models.inference import InferenceEngine
 from vigil.settings import ModelGroup
+from vigil.stream.series_processor import SeriesProcessor
 
 
 def small_group(**training: object) -> ModelGroup:

@@ -4,7 +4,6 @@ round-trips exactly."""
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import random
 
@@ -12,17 +11,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.incidents import IncidentDetector
-from models.scoring import (
+from vigil.models.incidents import IncidentDetector
+from vigil.models.scoring import (
     FINE_TAIL,
     NEUTRAL_RAW,
+    NORMALISED_MIN_SPREAD,
     ResidualScorer,
     log_two_sided_tail,
     log_upper_tail,
     reduce_residual,
     tail_to_score,
 )
-from vigil.settings import DetectorConfig
+from vigil.models.state_codec import dumps, encode, loads
 
 
 def gaussian(seed: int, count: int, mean: float = 0.0, std: float = 1.0) -> list[float]:
@@ -31,7 +31,7 @@ def gaussian(seed: int, count: int, mean: float = 0.0, std: float = 1.0) -> list
 
 
 def roundtrip(scorer: ResidualScorer) -> ResidualScorer:
-    return ResidualScorer.from_dict(json.loads(json.dumps(scorer.to_dict(), allow_nan=False)))
+    return loads(dumps(scorer), ResidualScorer)
 
 
 any_float = st.floats(allow_nan=True, allow_infinity=True)
@@ -46,7 +46,7 @@ def test_scores_stay_in_unit_interval_and_state_stays_json(values: list[float], 
         for part in (result.raw, result.likelihood, result.score):
             assert math.isfinite(part)
             assert 0.0 <= part <= 1.0
-    json.dumps(scorer.to_dict(), allow_nan=False)  # strict JSON, ready for Redis
+    assert b"$float" not in dumps(scorer)  # finite strict JSON, ready for Redis
 
 
 def test_extreme_residuals_after_calm_history_score_top_once_then_hold() -> None:
@@ -108,12 +108,12 @@ def test_nan_returns_neutral_score_and_leaves_state_untouched() -> None:
     scorer = ResidualScorer()
     for value in gaussian(7, 300):
         scorer.score_one(value)
-    state = scorer.to_dict()
+    state = encode(scorer)
     result = scorer.score_one(math.nan)
     assert result.observed is False
     assert result.raw == NEUTRAL_RAW
     assert 0.0 <= result.score <= 1.0 and 0.0 <= result.likelihood <= 1.0
-    assert scorer.to_dict() == state
+    assert encode(scorer) == state
     assert scorer.peek() == result
 
 
@@ -146,13 +146,6 @@ def test_deterministic() -> None:
     first = [ResidualScorer().score_one(v) for v in values]
     second = [ResidualScorer().score_one(v) for v in values]
     assert first == second
-
-
-def test_from_config_uses_detector_windows() -> None:
-    scorer = ResidualScorer.from_config(
-        DetectorConfig.model_validate(dict(short_window=7, long_window=70))
-    )
-    assert (scorer.short_window, scorer.long_window) == (7, 70)
 
 
 def test_rejects_bad_windows() -> None:
@@ -202,13 +195,13 @@ def test_log_tails_match_arbitrary_precision() -> None:
 
 def test_scores_keep_big_residuals_apart_instead_of_saturating() -> None:
     """The NAB failure: with 1 - p every residual beyond ~8 sigma scored exactly 1.0."""
-    calm = ResidualScorer.from_config(DetectorConfig())
+    calm = ResidualScorer(min_spread=NORMALISED_MIN_SPREAD)
     for value in gaussian(13, 400, std=0.5):
         calm.score_one(value)
-    state = calm.to_dict()
+    state = dumps(calm)
     raws, scores = [], []
     for residual in (1.5, 2.5, 4.0, 16.0, 400.0, 1e6):  # sigma is about 0.5
-        result = ResidualScorer.from_dict(state).score_one(residual)
+        result = loads(state, ResidualScorer).score_one(residual)
         raws.append(result.raw)
         scores.append(result.score)
     assert all(a < b < 1.0 for a, b in itertools.pairwise(raws))
@@ -218,7 +211,7 @@ def test_scores_keep_big_residuals_apart_instead_of_saturating() -> None:
 
 
 def test_flat_stretch_does_not_turn_a_small_change_into_an_alarm() -> None:
-    scorer = ResidualScorer.from_config(DetectorConfig())  # normalised units: floor 0.1
+    scorer = ResidualScorer(min_spread=NORMALISED_MIN_SPREAD)  # normalised units: floor 0.1
     for _ in range(600):
         scorer.score_one(0.0)
     assert scorer.score_one(0.05).score < 0.9
@@ -226,9 +219,8 @@ def test_flat_stretch_does_not_turn_a_small_change_into_an_alarm() -> None:
 
 
 def test_repeat_filter_keeps_one_incident_open_without_reopening() -> None:
-    detector = DetectorConfig()
-    scorer = ResidualScorer.from_config(detector)
-    incidents = IncidentDetector.from_config("k", detector)
+    scorer = ResidualScorer(min_spread=NORMALISED_MIN_SPREAD)  # the stream's, at the defaults
+    incidents = IncidentDetector("k")
     values = [*gaussian(14, 600), 9.0, -9.0, 9.0, *gaussian(15, 40)]
     events = []
     scores = []
@@ -239,31 +231,9 @@ def test_repeat_filter_keeps_one_incident_open_without_reopening() -> None:
         if event is not None:
             events.append((ts, event.kind))
     first, second, third = scores[600:603]
-    assert first.score > detector.threshold
+    assert first.score > scorer.threshold
     for repeat in (second, third):
-        assert repeat.likelihood > detector.threshold  # still unusual ...
-        assert detector.clear_threshold <= repeat.score < detector.threshold  # ... held
+        assert repeat.likelihood > scorer.threshold  # still unusual ...
+        assert scorer.clear_threshold <= repeat.score < scorer.threshold  # ... held
     opened = [ts for ts, kind in events if kind == "opened" and ts >= 600]
     assert opened == [600]  # one alert for the run
-
-
-def test_state_written_before_the_likelihood_rework_still_restores() -> None:
-    old = {
-        "short_window": 10,
-        "long_window": 500,
-        "spread_window": 100,
-        "clip": 4.0,
-        "min_spread": 1e-6,
-        "n": 300,
-        "mean_abs": 0.8,
-        "early": [],
-        "short": [0.4, 0.6, 0.5],
-        "long_count": 290,
-        "long_mean": 0.5,
-        "long_var": 0.01,
-    }
-    scorer = ResidualScorer.from_dict(old)
-    assert scorer.sigma == pytest.approx(0.8 * math.sqrt(math.pi / 2))
-    result = scorer.score_one(0.3)
-    assert 0.0 <= result.score <= 1.0
-    json.dumps(scorer.to_dict(), allow_nan=False)

@@ -9,11 +9,11 @@ import random
 import numpy as np
 import pytest
 
-from stream.key_state import KeyState
-from stream.series_processor import SeriesProcessor
-from stream.validation import InputEvent
 from vigil.records import Reading
 from vigil.settings import DetectorConfig, ModelConfig, ModelGroup, TrainingConfig
+from vigil.stream.key_state import KeyState
+from vigil.stream.series_processor import SeriesProcessor
+from vigil.stream.validation import InputEvent
 
 WINDOW, HORIZON = 8, 2
 
@@ -185,8 +185,8 @@ async def test_stateful_mode_carries_state_exactly_across_batches() -> None:
     (as in Redis) between two batches."""
     import torch
 
-    from models.forecaster import build_forecaster
-    from models.inference import InferenceEngine
+    from vigil.models.forecaster import build_forecaster
+    from vigil.models.inference import InferenceEngine
 
     config = ModelConfig(
         hidden_size=6, num_layers=2, window=WINDOW, horizon=HORIZON, residual=False
@@ -231,8 +231,8 @@ async def test_stateful_mode_carries_state_exactly_across_batches() -> None:
 async def test_a_model_swap_rewarms_stateful_keys_from_their_window() -> None:
     import torch
 
-    from models.forecaster import build_forecaster
-    from models.inference import InferenceEngine
+    from vigil.models.forecaster import build_forecaster
+    from vigil.models.inference import InferenceEngine
 
     config = ModelConfig(
         hidden_size=6, num_layers=1, window=WINDOW, horizon=HORIZON, residual=False

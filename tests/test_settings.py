@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import BaseModel
 from typer.testing import CliRunner
 
+from vigil import settings as settings_module
 from vigil.cli import app
-from vigil.settings import ConfigError, VigilSettings, load_settings
+from vigil.settings import (
+    ConfigError,
+    VigilSettings,
+    load_settings,
+    unknown_variables,
+)
 from vigil.settings_table import rows
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -104,3 +115,84 @@ def test_kafka_storage_formats_with_a_cluster_id_that_starts_with_a_dash(
     broker._write_config()
     broker._format()
     assert f"cluster.id={dashed}" in (broker.data / "meta.properties").read_text()
+
+
+# ---- unknown settings ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("VIGIL_GROUPS", '[{"name": "a", "modle": {"window": 8}}]', "VIGIL_GROUPS (item 0.modle)"),
+        ("VIGIL_GROUPS", '[{"name": "a", "model": {"windw": 8}}]', "item 0.model.windw"),
+        ("VIGIL_GROUPS", '[{"name": "a", "training": {"lr": 1}}]', "item 0.training.lr"),
+        ("VIGIL_GROUPS", '[{"name": "a", "detector": {"treshold": 0.9}}]', "detector.treshold"),
+        ("VIGIL_TOPICS", '{"partitons": 3}', "VIGIL_TOPICS__PARTITONS"),
+        ("VIGIL_WEBHOOKS", '[{"url": "https://x", "min_severty": "info"}]', "item 0.min_severty"),
+        ("VIGIL_ALERTING", '{"group_wiat_s": 1}', "VIGIL_ALERTING__GROUP_WIAT_S"),
+    ],
+)
+def test_an_unknown_field_in_a_json_setting_is_an_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match="Extra inputs are not permitted") as error:
+        load_settings()
+    assert named in str(error.value)
+
+
+def test_every_nested_config_forbids_unknown_fields() -> None:
+    """A config class added later without ``StrictModel`` would silently drop typos again."""
+    seen: set[type[BaseModel]] = set()
+
+    def walk(model: type[BaseModel]) -> None:
+        seen.add(model)
+        for field in model.model_fields.values():
+            for kind in (field.annotation, *get_args(field.annotation)):
+                if isinstance(kind, type) and issubclass(kind, BaseModel) and kind not in seen:
+                    walk(kind)
+
+    walk(VigilSettings)
+    lax = [m.__name__ for m in seen if m.model_config.get("extra") != "forbid"]
+    assert len(seen) > 8 and not lax, f"{lax} accept unknown fields"
+
+
+def test_an_unknown_vigil_variable_is_warned_about_once_by_name(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(settings_module, "_warned", set())
+    monkeypatch.setenv("VIGIL_TOPICS__PARTITONS", "3")
+    monkeypatch.setenv("VIGIL_TOPICS__PARTITIONS", "5")
+    for name in ("VIGIL_CONFIG", "VIGIL_BASE_VENV", "VIGIL_SHARED_DATA", "VIGIL_KAFKA_HEAP"):
+        monkeypatch.setenv(name, os.environ.get(name, "x"))
+    monkeypatch.delenv("VIGIL_CONFIG")  # a file that does not exist would be an error
+    with caplog.at_level(logging.WARNING, logger="vigil.settings"):
+        settings = load_settings()
+        load_settings()
+    assert settings.topics.partitions == 5  # a warning, not an error, and the typo is ignored
+    warned = [r.getMessage() for r in caplog.records if r.name == "vigil.settings"]
+    assert len(warned) == 1, warned
+    assert "VIGIL_TOPICS__PARTITONS" in warned[0]
+    assert "did you mean VIGIL_TOPICS__PARTITIONS" in warned[0]
+
+
+def test_variables_read_outside_the_settings_are_not_warned_about() -> None:
+    """Every VIGIL_* variable the repository reads by hand (bootstrap, tests, one-off tools) must
+    be declared, or everyone who sets it gets an "unknown setting" warning."""
+    root = README.parent
+    reads = [
+        r"environ(?:\.get)?\(\s*[\"'](VIGIL_\w+)",  # os.environ.get(…), environ(…)
+        r"environ\[[\"'](VIGIL_\w+)",
+        r"getenv\(\s*[\"'](VIGIL_\w+)",
+        r"envvar=[\"'](VIGIL_\w+)",  # typer options
+        r"\$\{?(VIGIL_\w+?)(?::-|\}|\b)",  # shell
+    ]
+    files = [*root.glob("deploy/**/*.sh"), root / ".ci" / "run"]
+    for folder in ("vigil", "models", "stream", "connectors", "bench", "tests"):
+        files += [p for p in (root / folder).rglob("*.py") if p.is_file()]
+    read = {
+        name
+        for path in files
+        for pattern in reads
+        for name in re.findall(pattern, path.read_text())
+    }
+    assert {"VIGIL_BASE_VENV", "VIGIL_KAFKA_HEAP", "VIGIL_SHARED_DATA"} <= read  # the scan works
+    assert not unknown_variables(dict.fromkeys(read, ""))

@@ -8,11 +8,11 @@ import math
 
 import redis.asyncio as aioredis
 
-from stream.key_state import KeyState
-from stream.series_processor import SeriesProcessor
-from stream.state_store import StateStore
 from tests.test_series_processor import PersistencePredictor, events, group, wave
 from vigil.settings import VigilSettings
+from vigil.stream.key_state import KeyState
+from vigil.stream.series_processor import SeriesProcessor
+from vigil.stream.state_store import StateStore
 
 
 async def test_states_and_latest_predictions_round_trip_through_redis(

@@ -1,9 +1,11 @@
-"""Alerts from the real stream reach a real webhook receiver: signed, deduplicated, silenced."""
+"""Alerts from the real stream reach a real webhook receiver through the alerts topic and the
+worker's in-process alerting service: signed, deduplicated, silenced, logged once."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -85,8 +87,16 @@ async def test_stream_alerts_reach_the_webhook_and_silences_hold_them(
 
             await wait_until(lambda: "loud-1" in str(receiver.accepted_bodies()), timeout_s=60)
             await asyncio.sleep(2.0)  # room for a (wrong) delivery of the silenced key
+            async with httpx.AsyncClient() as client:
+                logged = (await client.get(f"{worker.url}/alerts", params={"since": 0})).json()
+                bad = await client.get(f"{worker.url}/alerts", params={"limit": "abc"})
         finally:
             await asyncio.to_thread(worker.stop)
+        # the alert log has every alert once, the silenced ones too; bad queries answer 400
+        entries = Counter((a["alert_id"], a["status"]) for a in logged["alerts"])
+        assert {a["key"] for a in logged["alerts"]} == {"loud-1", "quiet-1"}
+        assert set(entries.values()) == {1}
+        assert bad.status_code == 400 and "error" in bad.json()
         bodies = receiver.accepted_bodies()
         keys = {alert["key"] for body in bodies for alert in body["alerts"]}
         assert keys == {"loud-1"}  # quiet-1 fired too, but is silenced

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.prometheus_histogram import sample_total
 from tests.kafka_io import produce, read_topic, reading, values
 from tests.polling import eventually
 from tests.worker_process import WorkerProcess
+from vigil.bench.prometheus_histogram import sample_total
 from vigil.settings import (
     BatchConfig,
     DetectorConfig,

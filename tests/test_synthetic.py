@@ -13,9 +13,9 @@ import pytest
 from connector_fixtures import by_key, cli_env, read_topic
 from typer.testing import CliRunner
 
-from connectors.producer import RecordProducer
-from connectors.synthetic import ANOMALY_KINDS, AnomalyLabel, SyntheticSeries, send_synthetic
 from vigil.cli import app
+from vigil.connectors.producer import RecordProducer
+from vigil.connectors.synthetic import ANOMALY_KINDS, AnomalyLabel, SyntheticSeries, send_synthetic
 from vigil.records import Reading
 from vigil.settings import VigilSettings
 from vigil.topics import ensure_topics

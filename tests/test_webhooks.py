@@ -1,6 +1,7 @@
-"""Webhook delivery against real local HTTP receivers, the real Redis and (for dead letters and the
-alerts consumer) the real Kafka: signatures, exactly-once by Idempotency-Key across failures and
-restarts, dead letters, circuit breaker, retry budget, concurrency limit, Slack payloads."""
+"""Webhook delivery against real local HTTP receivers, the real Redis and (for dead letters) the
+real Kafka: signatures, exactly-once by Idempotency-Key across failures and restarts, dead
+letters, circuit breaker (probes, recovery, never-recovering endpoints), retry budget,
+concurrency limit, Slack payloads. The alerts-topic path is in test_alerts_consumer.py."""
 
 from __future__ import annotations
 
@@ -12,17 +13,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from redis.asyncio import Redis
 from webhook_receiver import WebhookReceiver, make_alert, wait_until
 
-from connectors.alert_dispatch import AlertDispatcher, consume_alerts
-from connectors.alert_routing import Notification
-from connectors.circuit import CircuitBreaker, RetryBudget, full_jitter_backoff
-from connectors.signing import SIGNATURE_HEADER, sign, signature_problem, verify
-from connectors.webhooks import endpoint_id, endpoint_label, render_slack
+from vigil.alerting.circuit import CircuitBreaker, RetryBudget, full_jitter_backoff
+from vigil.alerting.delivery import retry_window_s
+from vigil.alerting.dispatcher import AlertDispatcher
+from vigil.alerting.payloads import endpoint_id, endpoint_label, render_slack
+from vigil.alerting.routing import Notification
+from vigil.alerting.signing import SIGNATURE_HEADER, sign, signature_problem, verify
 from vigil.records import DeadLetter
 from vigil.settings import AlertingConfig, VigilSettings, WebhookEndpoint
 from vigil.topics import ensure_topics
@@ -32,23 +34,45 @@ KEY = "test-signing-key"
 
 # ---- pure parts ------------------------------------------------------------------------------
 def test_signature_verifies_and_rejects_tampering_replay_and_wrong_key() -> None:
-    body = b'{"alerts":[1]}'
+    body, idem = b'{"alerts":[1]}', "a1:firing"
     now = 1_700_000_000.0
-    header = sign(body, KEY, timestamp=now)
+    header = sign(body, idem, KEY, timestamp=now)
     assert header.startswith("t=1700000000,v1=")
-    assert verify(body, header, KEY, tolerance_s=300, now=now + 10)
-    assert not verify(body + b" ", header, KEY, now=now)  # tampered body
-    assert not verify(body, header, "other-key", now=now)  # wrong key
-    assert not verify(body, header, KEY, tolerance_s=300, now=now + 301)  # replayed later
-    assert not verify(body, header, KEY, tolerance_s=300, now=now - 301)  # from the future
+    assert verify(body, idem, header, KEY, tolerance_s=300, now=now + 10)
+    assert not verify(body + b" ", idem, header, KEY, now=now)  # tampered body
+    assert not verify(body, idem, header, "other-key", now=now)  # wrong key
+    assert not verify(body, idem, header, KEY, tolerance_s=300, now=now + 301)  # replayed later
     forged = header.replace("t=1700000000", "t=1700000300")  # fresh stamp, old digest
-    assert not verify(body, forged, KEY, now=now + 300)
-    assert "does not match" in (signature_problem(body, forged, KEY, now=now + 300) or "")
-    assert signature_problem(body, None, KEY) == "no signature header"
-    assert signature_problem(body, "garbage", KEY) == "malformed signature header"
+    assert not verify(body, idem, forged, KEY, now=now + 300)
+    assert "does not match" in (signature_problem(body, idem, forged, KEY, now=now + 300) or "")
+    assert signature_problem(body, idem, None, KEY) == "no signature header"
+    assert signature_problem(body, idem, "garbage", KEY) == "malformed signature header"
     # key rotation: any v1 entry may match
-    rotated = f"{header},v1={sign(body, 'old', timestamp=now).split('v1=')[1]}"
-    assert verify(body, rotated, "old", now=now) and verify(body, rotated, KEY, now=now)
+    rotated = f"{header},v1={sign(body, idem, 'old', timestamp=now).split('v1=')[1]}"
+    assert verify(body, idem, rotated, "old", now=now) and verify(body, idem, rotated, KEY, now=now)
+
+
+def test_signature_covers_the_idempotency_key() -> None:
+    """A captured body replayed under a fresh Idempotency-Key would pass a receiver's dedupe."""
+    body, now = b'{"alerts":[1]}', 1_700_000_000.0
+    header = sign(body, "a1:firing", KEY, timestamp=now)
+    assert verify(body, "a1:firing", header, KEY, now=now)
+    assert not verify(body, "a1:firing-replayed", header, KEY, now=now)
+    assert not verify(body, "", header, KEY, now=now)
+    problem = signature_problem(body, "a2:firing", header, KEY, now=now)
+    assert problem == "signature does not match"
+
+
+def test_signature_from_the_future_is_rejected_beyond_a_small_skew() -> None:
+    body, idem, now = b"{}", "k", 1_700_000_000.0
+    assert verify(body, idem, sign(body, idem, KEY, timestamp=now + 30), KEY, now=now)
+    ahead = sign(body, idem, KEY, timestamp=now + 31)
+    assert not verify(body, idem, ahead, KEY, now=now)
+    assert "in the future" in (signature_problem(body, idem, ahead, KEY, now=now) or "")
+    assert verify(body, idem, ahead, KEY, max_skew_s=60, now=now)
+    # the past tolerance stays 300 s
+    assert verify(body, idem, sign(body, idem, KEY, timestamp=now - 300), KEY, now=now)
+    assert not verify(body, idem, sign(body, idem, KEY, timestamp=now - 301), KEY, now=now)
 
 
 def test_full_jitter_backoff_stays_within_the_exponential_ceiling() -> None:
@@ -88,6 +112,27 @@ def test_circuit_breaker_opens_half_opens_with_one_probe_and_closes() -> None:
     assert breaker.try_acquire()
     breaker.record_success()
     assert breaker.state == "closed" and breaker.permits(4) == 4
+
+
+def test_half_open_admits_a_bounded_number_of_probes() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=5.0, clock=clock, half_open_probes=2)
+    breaker.record_failure()
+    clock.now += 5.0
+    assert breaker.permits(10) == 2
+    assert breaker.try_acquire() and breaker.try_acquire() and not breaker.try_acquire()
+    breaker.release()  # one probe never reached the endpoint
+    assert breaker.permits(10) == 1
+    assert breaker.record_success() is True  # recovered: the caller drains the backlog
+    assert breaker.record_success() is False and breaker.permits(10) == 10
+
+
+def test_retry_window_sums_backoff_ceilings_and_timeouts() -> None:
+    endpoint = WebhookEndpoint.model_validate(
+        {"url": "http://x/h", "max_attempts": 4, "backoff_base_s": 1, "backoff_max_s": 3,
+         "timeout_s": 2}
+    )  # fmt: skip
+    assert retry_window_s(endpoint) == pytest.approx(1 + 2 + 3 + 4 * 2)
 
 
 def test_retry_budget_allows_per_minute_and_refills() -> None:
@@ -199,9 +244,10 @@ async def test_each_alert_is_delivered_once_signed_and_resolved_separately(
     assert last["status"] == "resolved" and last["alerts"][0]["status"] == "resolved"
     # the receiver-side check rejects a tampered body and a replay of a captured request
     header = first.headers[SIGNATURE_HEADER]
-    assert verify(first.body, header, KEY)
-    assert not verify(first.body.replace(b"K", b"X"), header, KEY)
-    assert not verify(first.body, header, KEY, now=time.time() + 600)
+    assert verify(first.body, first.idempotency_key, header, KEY)
+    assert not verify(first.body.replace(b"K", b"X"), first.idempotency_key, header, KEY)
+    assert not verify(first.body, first.idempotency_key, header, KEY, now=time.time() + 600)
+    assert not verify(first.body, first.idempotency_key + "x", header, KEY)
     assert metric("vigil_webhook_deliveries_total", endpoint=name, outcome="delivered") == 5
 
 
@@ -286,7 +332,9 @@ async def test_restart_in_the_middle_of_retries_neither_resends_nor_drops(
     assert receiver.accepted == dict.fromkeys(expected, 1)
 
 
-async def read_dead_letters(settings: VigilSettings, count: int) -> list[DeadLetter]:
+async def read_dead_letters(
+    settings: VigilSettings, count: int, *, timeout_s: float = 15.0
+) -> list[DeadLetter]:
     consumer = AIOKafkaConsumer(
         settings.topics.dead_letters,
         bootstrap_servers=settings.bootstrap,
@@ -296,7 +344,7 @@ async def read_dead_letters(settings: VigilSettings, count: int) -> list[DeadLet
     await consumer.start()
     letters: list[DeadLetter] = []
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + timeout_s
         while len(letters) < count and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=300)
             for messages in batch.values():
@@ -368,6 +416,84 @@ async def test_circuit_opens_after_failures_and_a_single_probe_closes_it(
     assert sorted(receiver.accepted.values()) == [1, 1, 1, 1]
 
 
+async def test_a_receiver_that_recovers_gets_the_whole_backlog_probe_first_oldest(
+    settings: VigilSettings, aredis: Redis, run_id: str
+) -> None:
+    """While down: the circuit opens, half-open probes carry the oldest notification. Once a
+    probe gets through, the backlog drains at once: the (60 s) back-offs earned while the endpoint
+    was down and the small retry budget (2 a minute) no longer hold it back."""
+    n = 30
+    async with WebhookReceiver(mode="fail") as receiver:
+        endpoint = endpoint_for(
+            receiver, f"recover-{run_id}", failure_threshold=6, cooldown_s=0.3, max_concurrency=6,
+            max_attempts=100, retries_per_minute=2, backoff_base_s=60.0, backoff_max_s=60.0,
+        )  # fmt: skip
+        cfg = with_webhooks(settings, endpoint, max_delivery_age_s=3600.0)
+        dispatcher = AlertDispatcher(cfg, aredis)
+        delivery = dispatcher.endpoint(receiver.url)
+        await dispatcher.start()
+        try:
+            alerts = [make_alert(f"{run_id}-{i:02d}", f"K{i:02d}") for i in range(n)]
+            for alert in alerts:
+                await dispatcher.submit(alert)
+            await wait_until(lambda: delivery.breaker.state != "closed", what="the circuit open")
+            seen = len(receiver.requests)  # up to 5 attempts from before it opened may follow
+            await wait_until(lambda: len(receiver.requests) >= seen + 7, 10, "failed probes")
+            down = len(receiver.requests)
+            receiver.mode = "accept"
+            await wait_until(lambda: len(receiver.accepted) == n, 15, "the backlog delivered")
+            await asyncio.sleep(0.2)  # a duplicate would show up by now
+        finally:
+            await dispatcher.stop()
+        pending = await dispatcher.queue.count_pending(delivery.id)
+    oldest = f"{alerts[0].alert_id}:firing"
+    probes = receiver.requests[down - 2 : down]
+    assert all(r.idempotency_key == oldest and r.status == 500 for r in probes)
+    after = receiver.requests[down:]
+    assert after[0].idempotency_key == oldest  # the probe that closed the circuit
+    assert len(after) == n and all(r.status == 200 for r in after)
+    assert receiver.accepted == {f"{a.alert_id}:firing": 1 for a in alerts}
+    assert pending == 0
+
+
+async def test_an_endpoint_that_never_recovers_dead_letters_every_notification(
+    settings: VigilSettings, aredis: Redis, run_id: str
+) -> None:
+    """With the circuit open most of the time, notifications are given up by age (the retry
+    window) instead of waiting for attempts that only probes would make."""
+    await ensure_topics(settings, [settings.topics.dead_letters])
+    n, max_attempts = 23, 4
+    name = f"never-{run_id}"
+    async with WebhookReceiver(mode="fail") as receiver:
+        endpoint = endpoint_for(
+            receiver, name, failure_threshold=3, cooldown_s=0.3, max_concurrency=4,
+            max_attempts=max_attempts, backoff_base_s=0.05, backoff_max_s=0.2,
+        )  # fmt: skip
+        cfg = with_webhooks(settings, endpoint)
+        dispatcher = AlertDispatcher(cfg, aredis)
+        await dispatcher.start()
+        try:
+            alerts = [make_alert(f"{run_id}-{i:02d}", f"N{i:02d}") for i in range(n)]
+            for alert in alerts:
+                await dispatcher.submit(alert)
+            letters = await read_dead_letters(cfg, n)
+            await asyncio.sleep(0.3)  # a second dead letter or a late attempt would land now
+            letters = await read_dead_letters(cfg, n + 1, timeout_s=1.0)
+        finally:
+            await dispatcher.stop()
+        pending = await dispatcher.queue.count_pending(endpoint_id(endpoint))
+    lettered = [json.loads(letter.original_bytes())["alerts"][0]["alert_id"] for letter in letters]
+    assert sorted(lettered) == sorted(a.alert_id for a in alerts)  # each one, once
+    assert all(letter.source == f"webhook:{name}" for letter in letters)
+    assert pending == 0
+    per_key: dict[str, int] = {}
+    for request in receiver.requests:
+        per_key[request.idempotency_key] = per_key.get(request.idempotency_key, 0) + 1
+    assert max(per_key.values()) <= max_attempts
+    assert len(receiver.requests) < n * max_attempts  # the breaker spared the endpoint
+    assert metric("vigil_webhook_deliveries_total", endpoint=name, outcome="dead") == n
+
+
 async def test_retry_budget_throttles_retries_and_counts_them(
     settings: VigilSettings, aredis: Redis, run_id: str
 ) -> None:
@@ -434,44 +560,6 @@ async def test_routing_by_severity_and_key_pattern_and_slack_format(
     assert any("sensor-1" in json.dumps(p["blocks"]) for p in payloads)
 
 
-async def test_alerts_topic_consumer_delivers_and_commits_after_redis(
-    settings: VigilSettings, run_id: str
-) -> None:
-    await ensure_topics(settings, [settings.topics.alerts, settings.topics.dead_letters])
-    async with WebhookReceiver() as receiver:
-        cfg = with_webhooks(settings, endpoint_for(receiver, f"topic-{run_id}"))
-        producer = AIOKafkaProducer(bootstrap_servers=cfg.bootstrap)
-        await producer.start()
-        alerts = [make_alert(f"{run_id}-k{i}", f"K{i}") for i in range(3)]
-        try:
-            for alert in alerts:
-                await producer.send_and_wait(
-                    cfg.topics.alerts, alert.model_dump_json().encode(), key=alert.key.encode(),
-                    partition=0,
-                )  # fmt: skip
-            await producer.send_and_wait(cfg.topics.alerts, b"{not an alert", partition=0)
-        finally:
-            await producer.stop()
-        stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(consume_alerts(cfg, stop, ready=ready))
-        try:
-            await wait_until(lambda: len(receiver.accepted) == 3, 30, "deliveries from the topic")
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 15)
-    assert receiver.accepted == {f"{a.alert_id}:firing": 1 for a in alerts}
-    letters = await read_dead_letters(cfg, 1)
-    assert len(letters) == 1 and letters[0].source == "webhooks"
-    assert letters[0].original_bytes() == b"{not an alert" and "not an alert" in letters[0].reason
-    check = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, group_id=f"{cfg.app_id}-webhooks")
-    await check.start()
-    try:
-        committed = await check.committed(TopicPartition(cfg.topics.alerts, 0))
-    finally:
-        await check.stop()
-    assert committed == 4  # all four records, only after they were handled
-
-
 async def test_a_claim_racing_a_finishing_attempt_does_not_stall_the_retry(
     settings: VigilSettings, aredis: Redis, run_id: str
 ) -> None:
@@ -492,21 +580,22 @@ async def test_a_claim_racing_a_finishing_attempt_does_not_stall_the_retry(
         retry_at = time.time() - 0.001  # a tiny back-off: due at once
         await queue.record_retry(record, 1, retry_at, "HTTP 500")  # the attempt's last write
         await delivery._claim_and_start()  # the stray claim: skipped, but its lease was set
-        leased = await aredis.zscore(queue.due_key(delivery.id), did)
+        leased = await aredis.zscore(queue.lease_key(delivery.id), did)
         assert leased is not None and leased > time.time() + 20
         await delivery._settle(did)  # the attempt leaves the in-flight set
         finishing.cancel()
+        assert await aredis.zscore(queue.lease_key(delivery.id), did) is None
         assert await aredis.zscore(queue.due_key(delivery.id), did) == pytest.approx(
             retry_at, abs=1e-3
         )
         assert did not in delivery._inflight
 
 
-def test_webhooks_command_shows_pending_and_needs_endpoints(settings: VigilSettings) -> None:
+def test_alerting_status_shows_pending_per_endpoint(settings: VigilSettings) -> None:
     from typer.testing import CliRunner
 
-    from connectors.webhook_cli import webhooks_app
-    from connectors.webhooks import DeliveryQueue
+    from vigil.alerting.cli import alerting_app, webhooks_alias
+    from vigil.alerting.delivery_queue import DeliveryQueue
 
     endpoint = WebhookEndpoint.model_validate({"url": "http://127.0.0.1:9/hook", "name": "cli"})
     alert = make_alert("cli-1", "K")
@@ -523,8 +612,9 @@ def test_webhooks_command_shows_pending_and_needs_endpoints(settings: VigilSetti
     asyncio.run(enqueue())
     runner = CliRunner()
     env = {"VIGIL_APP_ID": settings.app_id, "VIGIL_WEBHOOKS": json.dumps([endpoint.model_dump()])}
-    status = runner.invoke(webhooks_app, ["status"], env=env)
-    assert status.exit_code == 0, status.output
-    assert status.output.split() == ["1", "pending", "cli"]
-    unconfigured = runner.invoke(webhooks_app, [], env=env | {"VIGIL_WEBHOOKS": "[]"})
-    assert unconfigured.exit_code == 2 and "VIGIL_WEBHOOKS" in unconfigured.output
+    for app, args in ((alerting_app, ["status"]), (webhooks_alias, ["status"])):
+        status = runner.invoke(app, args, env=env)
+        assert status.exit_code == 0, status.output
+        assert status.output.split() == ["1", "pending", "cli"]
+    unconfigured = runner.invoke(alerting_app, ["status"], env=env | {"VIGIL_WEBHOOKS": "[]"})
+    assert unconfigured.exit_code == 0 and "no webhooks configured" in unconfigured.output

@@ -11,8 +11,8 @@ import pytest
 from connector_fixtures import by_key, read_topic
 from websockets.asyncio.server import ServerConnection, serve
 
-from connectors.producer import RecordProducer
-from connectors.websocket_feed import (
+from vigil.connectors.producer import RecordProducer
+from vigil.connectors.websocket_feed import (
     Backoff,
     MessageError,
     QuoteFields,

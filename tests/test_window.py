@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -10,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.window import GapPolicy, WindowBuffer
+from vigil.models.state_codec import dumps, loads
+from vigil.models.window import GapPolicy, WindowBuffer
 
 
 def test_ring_keeps_the_last_length_rows_oldest_first() -> None:
@@ -87,7 +87,7 @@ def test_round_trip_through_json(policy: GapPolicy) -> None:
     buffer = WindowBuffer(length=5, channels=2, gap_policy=policy)
     for k in range(7):
         buffer.push([float(k) if k % 3 else None, -float(k)])
-    restored = WindowBuffer.from_dict(json.loads(json.dumps(buffer.to_dict())))
+    restored = loads(dumps(buffer), WindowBuffer)
     np.testing.assert_array_equal(restored.array(), buffer.array())
     np.testing.assert_array_equal(restored.observed_mask(), buffer.observed_mask())
     # both continue identically, including a gap that closes after the restore

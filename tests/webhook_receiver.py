@@ -17,7 +17,7 @@ from typing import Any, Literal, Self
 
 from aiohttp import web
 
-from connectors.signing import SIGNATURE_HEADER, signature_problem
+from vigil.alerting.signing import SIGNATURE_HEADER, signature_problem
 from vigil.records import Alert, Provenance
 
 Mode = Literal["accept", "fail", "hang", "reject"]
@@ -87,8 +87,9 @@ class WebhookReceiver:
         )
         if self.signing_key is not None:
             record.signature_problem = signature_problem(
-                body, request.headers.get(SIGNATURE_HEADER), self.signing_key, self.tolerance_s
-            )
+                body, record.idempotency_key, request.headers.get(SIGNATURE_HEADER),
+                self.signing_key, tolerance_s=self.tolerance_s,
+            )  # fmt: skip
         self.requests.append(record)
         number = len(self.requests)
         self.in_flight += 1

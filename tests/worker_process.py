@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.worker_subprocess import WorkerSubprocess
+from vigil.bench.worker_subprocess import WorkerSubprocess
 from vigil.settings import VigilSettings
 
 WORKER_ARGS = ("-m", "vigil.cli", "worker", "--loglevel", "info")

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from vigil import __version__
-from vigil.settings import ConfigError, VigilSettings, load_settings
+from vigil.redaction import public_settings, scrub, settings_secrets
+from vigil.settings import VigilSettings, settings_or_exit
 
 app = typer.Typer(
     help="Vigil: streaming LSTM forecasting and anomaly alerts on Kafka and Redis.",
@@ -17,13 +18,11 @@ app = typer.Typer(
 )
 
 
-def settings_or_exit() -> VigilSettings:
-    """Load settings; on a bad value print which variable and stop with exit code 2."""
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+def fail(settings: VigilSettings | None, message: object, code: int = 1) -> typer.Exit:
+    """Print one red line (secrets masked) for the caller to raise: no traceback for operators."""
+    secrets = settings_secrets(settings) if settings is not None else []
+    typer.secho(scrub(str(message), secrets), fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
 
 
 def _version(value: bool) -> None:
@@ -51,8 +50,7 @@ def up() -> None:
     try:
         started = local_services.up(settings)
     except LocalServiceError as exc:
-        typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+        raise fail(settings, exc) from None
     for item in local_services.status(settings):
         how = "started" if item.name in started else ("running" if item.managed else "external")
         typer.echo(f"{item.name:6} {item.address:28} {how}")
@@ -69,16 +67,18 @@ def down() -> None:
 
 @app.command()
 def status() -> None:
-    """Show whether Kafka and Redis answer; exit 1 if one does not."""
+    """Show whether Kafka and Redis answer (passwords masked); exit 1 if one does not."""
     from vigil import local_services
 
-    rows = local_services.status(settings_or_exit())
+    settings = settings_or_exit()
+    rows = local_services.status(settings)
     for item in rows:
         state = "up" if item.answering else "DOWN"
         kind = "local" if item.managed else "external"
-        typer.echo(f"{item.name:6} {item.address:28} {kind:8} {state}")
-    if not all(item.answering for item in rows):
-        raise typer.Exit(1)
+        typer.echo(scrub(f"{item.name:6} {item.address:28} {kind:8} {state}"))
+    down = [item for item in rows if not item.answering]
+    if down:
+        raise fail(settings, down[0].problem)
 
 
 @app.command("fetch-kafka")
@@ -86,11 +86,11 @@ def fetch_kafka() -> None:
     """Fetch the local Kafka broker's jars from Maven Central (cached)."""
     from vigil.local_kafka import LocalKafka, LocalServiceError
 
+    settings = settings_or_exit()
     try:
-        libs = LocalKafka(settings_or_exit()).fetch()
+        libs = LocalKafka(settings).fetch()
     except LocalServiceError as exc:
-        typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+        raise fail(settings, exc) from None
     typer.echo(f"kafka jars: {libs}")
 
 
@@ -98,11 +98,22 @@ def fetch_kafka() -> None:
 def worker(
     loglevel: Annotated[str, typer.Option(help="Faust log level")] = "",
     web_port: Annotated[int, typer.Option(help="web server port (0 = VIGIL_WEB_PORT)")] = 0,
+    wait_s: Annotated[
+        float, typer.Option(help="how long to wait for Kafka and Redis to answer before giving up")
+    ] = 60.0,
 ) -> None:
     """Run a Faust worker: consume readings, predict, score, alert, train."""
-    from stream.worker import run_worker
+    from vigil import local_services
+    from vigil.local_kafka import LocalServiceError
+    from vigil.stream.worker import run_worker
 
     settings = settings_or_exit()
+    # A worker that cannot reach Kafka or Redis says where it looked, once, and stops; one
+    # restarted during an outage (a crash, a rollout) waits for them for a while first.
+    try:
+        local_services.require_answering(settings, wait_s=wait_s)
+    except LocalServiceError as exc:
+        raise fail(settings, exc) from None
     run_worker(
         settings, loglevel=loglevel or settings.log_level, web_port=web_port or settings.web_port
     )
@@ -115,7 +126,7 @@ def demo(
     keep_up: Annotated[bool, typer.Option(help="leave Kafka and Redis running")] = True,
 ) -> None:
     """Start local services, replay the shipped sample through a worker, print results live."""
-    from stream.demo import run_demo
+    from vigil.stream.demo import run_demo
 
     sys.exit(run_demo(settings_or_exit(), speedup=speedup, seconds=seconds, keep_up=keep_up))
 
@@ -125,27 +136,31 @@ def show_settings(
     table: Annotated[bool, typer.Option("--table", help="every variable with its default")] = False,
 ) -> None:
     """Print the effective settings as JSON (secrets masked), or the table of all variables."""
+    import json
+
     if table:
         from vigil.settings_table import markdown_table
 
         typer.echo(markdown_table())
         return
-    typer.echo(settings_or_exit().model_dump_json(indent=2))
+    settings = settings_or_exit()
+    text = json.dumps(public_settings(settings), indent=2)
+    typer.echo(scrub(text, settings_secrets(settings)))
 
 
 def _register_subcommands() -> None:
-    from bench.cli import app as bench_app
-    from bench.eval_cli import app as eval_app
-    from connectors.cli import app as connectors_app
-    from connectors.webhook_cli import webhooks_app
-    from models.cli import app as models_app
-    from stream.cli import alerts_app
+    from vigil.alerting.cli import alerting_app, alerts_app, webhooks_alias
+    from vigil.bench.cli import app as bench_app
+    from vigil.bench.eval_cli import app as eval_app
+    from vigil.connectors.cli import app as connectors_app
+    from vigil.models.cli import app as models_app
 
     app.add_typer(models_app, name="models")
     app.add_typer(bench_app, name="bench")
     app.add_typer(eval_app, name="eval")
-    connectors_app.add_typer(webhooks_app, name="webhooks")
+    connectors_app.add_typer(webhooks_alias, name="webhooks")
     app.add_typer(connectors_app, name="connect")
+    app.add_typer(alerting_app, name="alerting")
     app.add_typer(alerts_app, name="alerts")
 
 

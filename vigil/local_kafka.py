@@ -90,14 +90,16 @@ def kafka_uuid() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
 
-async def broker_answers(bootstrap: str, timeout_s: float = 3.0) -> bool:
-    """True when the broker answers a metadata request."""
+async def broker_answers(
+    bootstrap: str, timeout_s: float = 3.0, options: dict[str, object] | None = None
+) -> bool:
+    """True when the broker answers a metadata request (``options``: SASL/TLS client options)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     # A probe expects refusals while the broker boots; aiokafka would log each one as an error.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), **(options or {})
     )
     try:
         await asyncio.wait_for(admin.start(), timeout_s)

@@ -154,15 +154,28 @@ class Alert(BaseModel):
     provenance: Provenance
 
 
+DEAD_LETTER_MAX_BYTES = 16_384  # default copy of a rejected value; the rest stays at its offset
+DEAD_LETTER_MAX_KEY_CHARS = 1_024
+
+
 class DeadLetter(BaseModel):
-    """A rejected record, its bytes kept whole (base64-free: latin-1 round-trips any byte)."""
+    """A rejected record with its reason and source position, and the first bytes of its value.
+
+    The copy is capped (``original_truncated`` says so, ``original_size`` gives the whole size)
+    so a dead letter always fits what the broker accepts, however large the record it rejects:
+    a record the broker took once must never wedge its partition on the way to dead letters.
+    The whole record stays readable in the source topic at ``partition``/``offset``.
+    """
 
     reason: str
+    code: str | None = Field(None, description="the reason's short label (metric label)")
     topic: str
     partition: int | None = None
     offset: int | None = None
     key: str | None = None
-    original: str = Field(description="the original value bytes decoded as latin-1")
+    original: str = Field(description="the original value bytes decoded as latin-1 (maybe cut)")
+    original_size: int | None = Field(None, description="bytes of the whole original value")
+    original_truncated: bool = False
     source: str = Field("stream", description="which part of Vigil rejected it")
     at: float
 
@@ -178,15 +191,23 @@ class DeadLetter(BaseModel):
         key: bytes | str | None = None,
         source: str = "stream",
         at: float,
+        code: str | None = None,
+        max_bytes: int = DEAD_LETTER_MAX_BYTES,
     ) -> DeadLetter:
         key_text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+        if key_text is not None and len(key_text) > DEAD_LETTER_MAX_KEY_CHARS:
+            key_text = key_text[:DEAD_LETTER_MAX_KEY_CHARS]
+        whole = value or b""
         return cls(
-            reason=reason,
+            reason=reason[:4096],
+            code=code,
             topic=topic,
             partition=partition,
             offset=offset,
             key=key_text,
-            original=(value or b"").decode("latin-1"),
+            original=whole[:max_bytes].decode("latin-1"),
+            original_size=len(whole),
+            original_truncated=len(whole) > max_bytes,
             source=source,
             at=at,
         )

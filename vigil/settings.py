@@ -2,17 +2,24 @@
 
 Nested settings use ``__`` in variable names (``VIGIL_BATCH__MAX_SIZE=128``); lists and objects
 (``VIGIL_GROUPS``, ``VIGIL_WEBHOOKS``) are JSON. A bad value stops start-up with a
-:class:`ConfigError` that names the variable, so nobody has to guess which knob was wrong.
+:class:`ConfigError` that names the variable, so nobody has to guess which knob was wrong; so
+does an unknown field inside a value (``"modle"``). An unknown ``VIGIL_*`` variable is only
+warned about (other tools may share the prefix). Errors never echo a secret (vigil.redaction).
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import functools
+import logging
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -23,18 +30,46 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from pydantic_settings.exceptions import SettingsError
+
+from vigil.redaction import mask_credentials, mask_webhook_url, scrub, url_secrets
 
 ENV_PREFIX = "VIGIL_"
 CONFIG_FILE_VARIABLE = "VIGIL_CONFIG"
+# VIGIL_* variables that are not settings: read by the bootstrap, the tests or one tool each.
+NON_SETTING_VARIABLES = frozenset(
+    {
+        CONFIG_FILE_VARIABLE,
+        "VIGIL_BASE_VENV",  # deploy/local/bootstrap.sh: the shared dependencies venv
+        "VIGIL_VENV",  # its older name
+        "VIGIL_PYTHON",  # the interpreter bootstrap.sh builds venvs with
+        "VIGIL_SHARED_DATA",  # tests: the shared data folder
+        "VIGIL_KAFKA_HEAP",  # JVM heap of the local broker
+        "VIGIL_DEMO_WEB_PORT",  # `vigil demo`'s web port
+        "VIGIL_MQTT_PASSWORD",  # `vigil connect mqtt --password`
+    }
+)
+SECRET_VARIABLES = ("VIGIL_KAFKA_SASL_PASSWORD", "VIGIL_WEBHOOK_SIGNING_KEY")
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
     """A setting has a value Vigil cannot run with; the message names the variable."""
 
 
-class ModelConfig(BaseModel):
+class StrictModel(BaseModel):
+    """A nested config: an unknown field (``"modle"``) is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(StrictModel):
     """Shape of one forecaster; stored with every registry version so weights can be rebuilt."""
 
     cell: Literal["lstm", "peephole", "gru"] = "lstm"
@@ -50,7 +85,7 @@ class ModelConfig(BaseModel):
     )
 
 
-class TrainingConfig(BaseModel):
+class TrainingConfig(StrictModel):
     """Online fine-tuning: small guarded steps that never block inference."""
 
     enabled: bool = True
@@ -84,7 +119,7 @@ class TrainingConfig(BaseModel):
     )
 
 
-class DetectorConfig(BaseModel):
+class DetectorConfig(StrictModel):
     """Turns forecast residuals into a score in [0, 1] and incidents with hysteresis."""
 
     threshold: float = Field(0.99, gt=0, lt=1, description="score that opens an incident")
@@ -104,7 +139,7 @@ class DetectorConfig(BaseModel):
         return self
 
 
-class ModelGroup(BaseModel):
+class ModelGroup(StrictModel):
     """A model config and the series it serves; groups run side by side in one deployment."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
@@ -121,6 +156,12 @@ class ModelGroup(BaseModel):
     )
     gap_policy: Literal["carry_forward", "interpolate", "mask"] = Field(
         "carry_forward", description="how missing values are filled in windows (never NaN)"
+    )
+    max_abs_value: float = Field(
+        1e12,
+        gt=0,
+        description="a reading whose magnitude exceeds this is dead-lettered as out_of_range"
+        " (finite but absurd values would swamp the key's normaliser)",
     )
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -143,7 +184,7 @@ class ModelGroup(BaseModel):
         return any(fnmatch.fnmatchcase(key, pattern) for pattern in self.key_patterns)
 
 
-class TopicNames(BaseModel):
+class TopicNames(StrictModel):
     readings: str = Field("vigil.readings", description="readings in (key = series id)")
     predictions: str = Field("vigil.predictions", description="one forecast per event")
     alerts: str = Field("vigil.alerts", description="one record per incident change")
@@ -153,7 +194,7 @@ class TopicNames(BaseModel):
     partitions: int = Field(4, ge=1, le=1024, description="partitions of topics Vigil creates")
 
 
-class BatchConfig(BaseModel):
+class BatchConfig(StrictModel):
     """Batched inference: one forward pass for many keys."""
 
     max_size: int = Field(256, ge=1, le=65536, description="windows per forward pass at most")
@@ -166,7 +207,7 @@ class BatchConfig(BaseModel):
     )
 
 
-class StreamConfig(BaseModel):
+class StreamConfig(StrictModel):
     """How the stream runs. Out-of-order events are put back in order within each batch (the
     batch is the reorder buffer, ``batch.max_wait_ms`` its hold time); an event older than its
     key's newest processed one goes to the dead-letter topic as ``late``."""
@@ -175,9 +216,33 @@ class StreamConfig(BaseModel):
     session_timeout_s: float = Field(
         10.0, ge=3, le=300, description="how soon a dead worker's partitions move to the others"
     )
+    max_future_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="a reading stamped more than this ahead of its Kafka timestamp is"
+        " dead-lettered as future (it would make every later reading of its key late)",
+    )
+    idle_key_evict_s: float = Field(
+        3_600.0,
+        ge=0,
+        description="a key unseen this long leaves worker memory (its state stays in Redis);"
+        " 0 = never",
+    )
+    state_ttl_s: float = Field(
+        30 * 86_400.0,
+        ge=0,
+        description="Redis keeps a key's state this long after its last event; 0 = forever",
+    )
+    dead_letter_max_bytes: int = Field(
+        16_384,
+        ge=0,
+        le=262_144,
+        description="bytes of a rejected record's value copied into its dead letter; the rest"
+        " stays in the source topic at the offset the dead letter names",
+    )
 
 
-class WebhookEndpoint(BaseModel):
+class WebhookEndpoint(StrictModel):
     url: str = Field(pattern=r"^https?://")
     min_severity: Literal["info", "warning", "critical"] = "warning"
     key_pattern: str = "*"
@@ -195,17 +260,15 @@ class WebhookEndpoint(BaseModel):
     cooldown_s: float = Field(30.0, gt=0, description="open circuit waits this long, then probes")
 
 
-class AlertMatcher(BaseModel):
+class AlertMatcher(StrictModel):
     """Glob patterns on an alert's key, group and severity (silences and inhibition rules)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     key: str = "*"
     group: str = "*"
     severity: str = "*"
 
 
-class InhibitRule(BaseModel):
+class InhibitRule(StrictModel):
     """While an alert matching ``source_match`` fires, alerts matching ``target_match`` (and
     equal to it on the ``equal`` fields) are not sent, e.g. a MARKET halt mutes every ticker."""
 
@@ -214,7 +277,7 @@ class InhibitRule(BaseModel):
     equal: list[Literal["key", "group", "severity"]] = Field(default_factory=list)
 
 
-class AlertingConfig(BaseModel):
+class AlertingConfig(StrictModel):
     """Alertmanager-style routing before webhooks: grouping, inhibition, delivery bookkeeping."""
 
     group_by: list[Literal["key", "group", "severity"]] = Field(
@@ -231,9 +294,26 @@ class AlertingConfig(BaseModel):
     retention_s: float = Field(
         7 * 86400.0, gt=0, description="how long delivered ids are remembered (dedup window)"
     )
+    in_worker: bool = Field(
+        True,
+        description="the worker runs the alerts consumer itself; false when `vigil alerting run`"
+        " runs it as its own process",
+    )
+    max_delivery_age_s: float | None = Field(
+        None,
+        gt=0,
+        description="while an endpoint's circuit is open, a delivery pending longer than this is"
+        " dead-lettered; unset = the endpoint's retry window (back-off ceilings plus timeouts)",
+    )
+    lease_margin_s: float = Field(
+        30.0,
+        gt=0,
+        description="a delivery claimed by a process that died is retried after the endpoint's"
+        " timeout_s plus this",
+    )
 
 
-class LocalServices(BaseModel):
+class LocalServices(StrictModel):
     """Where `vigil up` puts the Kafka and Redis it starts when none is configured."""
 
     kafka_version: str = Field("4.1.1", description="Apache Kafka fetched from Maven Central")
@@ -303,14 +383,14 @@ class VigilSettings(BaseSettings):
         for host in value.split(","):
             name, _, port = host.strip().rpartition(":")
             if not name or not port.isdigit():
-                raise ValueError(f"expected host:port[,host:port], got {value!r}")
+                raise ValueError("expected host:port[,host:port]")
         return value
 
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"expected a redis:// URL, got {value!r}")
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
         return value
 
     @field_validator("groups")
@@ -333,7 +413,7 @@ class VigilSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Variables win over the file, so one deployment file can be tuned per environment.
-        return (init_settings, env_settings, _TomlFileSource(settings_cls))
+        return (init_settings, _KnownEnvSource(settings_cls), _TomlFileSource(settings_cls))
 
     # ---- derived values -------------------------------------------------------------------
     @property
@@ -370,6 +450,61 @@ class VigilSettings(BaseSettings):
         return topics
 
 
+@functools.cache
+def setting_variables(
+    model: type[BaseModel] = VigilSettings, prefix: str = ENV_PREFIX
+) -> frozenset[str]:
+    """Every variable that sets something: a field, and each field of a nested config."""
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        variable = f"{prefix}{name.upper()}"
+        names.add(variable)
+        kinds = [field.annotation]
+        if get_origin(field.annotation) in (Union, UnionType):  # Optional[Config]
+            kinds += get_args(field.annotation)
+        for kind in kinds:
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                names |= setting_variables(kind, variable + "__")
+    return frozenset(names)
+
+
+_warned: set[str] = set()
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``VIGIL_*`` variables that are neither a setting nor a known tool variable (typos)."""
+    known = setting_variables() | NON_SETTING_VARIABLES
+    environ = os.environ if environ is None else environ
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+    )
+
+
+def _warn_unknown(names: list[str]) -> None:
+    """Warn once per process and name: another tool may share the prefix, so not an error."""
+    known = sorted(setting_variables())
+    for name in names:
+        if name in _warned:
+            continue
+        _warned.add(name)
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        log.warning("ignoring %s: Vigil has no such setting%s", name, hint)
+
+
+class _KnownEnvSource(EnvSettingsSource):
+    """The environment minus unknown ``VIGIL_*`` names, which are warned about instead: left in,
+    ``VIGIL_TOPICS__PARTITONS`` would be an extra field of ``topics`` (an error)."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        unknown = unknown_variables()
+        _warn_unknown(unknown)
+        dropped = {name.lower() for name in unknown}
+        return {k: v for k, v in super()._load_env_vars().items() if k.lower() not in dropped}
+
+
 class _TomlFileSource(PydanticBaseSettingsSource):
     """Reads the optional file named by ``VIGIL_CONFIG``."""
 
@@ -402,22 +537,56 @@ def variable_name(location: tuple[str | int, ...]) -> str:
     return name + (f" (item {'.'.join(tail)})" if tail else "")
 
 
+def _shown_input(location: tuple[str | int, ...], value: Any) -> str:
+    """The rejected value for the message, with its secrets masked (never a password)."""
+    if isinstance(value, dict) or (location and location[0] in _SECRET_FIELDS):
+        return ""
+    if isinstance(value, str) and location[:1] == ("webhooks",):
+        return f" (got {mask_webhook_url(value)!r})"
+    return f" (got {mask_credentials(repr(value))})"
+
+
+_SECRET_FIELDS = {"kafka_sasl_password", "webhook_signing_key"}
+
+
+def raw_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Secret strings in the environment, parsed or not: a bad value must not echo them."""
+    environ = os.environ if environ is None else environ
+    found = [environ[name] for name in SECRET_VARIABLES if environ.get(name)]
+    for name in ("VIGIL_REDIS_URL", "VIGIL_KAFKA_BOOTSTRAP"):
+        found += url_secrets(environ.get(name, ""))
+    for url in re.findall(r"[a-z]+://[^\s\"']+", environ.get("VIGIL_WEBHOOKS", "")):
+        found += url_secrets(url)
+    return found
+
+
 def load_settings(**overrides: Any) -> VigilSettings:
-    """Read settings or raise ConfigError naming every bad variable."""
+    """Read settings or raise ConfigError naming every bad variable (secrets masked)."""
     try:
         return VigilSettings(**overrides)
     except ValidationError as exc:
         problems = [
-            f"{variable_name(err['loc'])}: {err['msg']}"
-            + (f" (got {err['input']!r})" if not isinstance(err["input"], dict) else "")
+            f"{variable_name(err['loc'])}: {err['msg']}" + _shown_input(err["loc"], err["input"])
             for err in exc.errors()
         ]
-        raise ConfigError("invalid Vigil configuration:\n  " + "\n  ".join(problems)) from None
-    except ConfigError:
-        raise
+        message = "invalid Vigil configuration:\n  " + "\n  ".join(problems)
+    except ConfigError as exc:
+        message = str(exc)
     except (ValueError, SettingsError) as exc:  # JSON in a complex variable that does not parse
         field = re.search(r'field "(\w+)"', str(exc))
         where = f"{ENV_PREFIX}{field.group(1).upper()}: " if field else ""
-        raise ConfigError(
-            f"invalid Vigil configuration:\n  {where}not valid JSON ({exc})"
-        ) from None
+        message = f"invalid Vigil configuration:\n  {where}not valid JSON ({exc})"
+    raise ConfigError(scrub(message, raw_secrets()))
+
+
+def settings_or_exit() -> VigilSettings:
+    """Load settings for a command; on a bad value print which variable and exit with code 2.
+
+    Lives here, not in ``vigil.cli``, so sub-CLIs need not import the top-level app (a cycle)."""
+    import typer
+
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None

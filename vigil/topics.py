@@ -7,6 +7,7 @@ import contextlib
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from vigil.connectors.producer import kafka_client_options
 from vigil.settings import VigilSettings
 
 
@@ -21,7 +22,9 @@ def topic_names(settings: VigilSettings) -> list[str]:
 async def ensure_topics(settings: VigilSettings, names: list[str] | None = None) -> list[str]:
     """Create the topics that do not exist yet; return the ones created."""
     wanted = names or topic_names(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap, **kafka_client_options(settings)
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())

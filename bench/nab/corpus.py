@@ -8,7 +8,7 @@ Layouts (as in numenta/NAB):
   ``timestamp,anomaly_score`` (NAB also writes ``value``, ``label`` and ``S(t)_<profile>``);
 * scores:   ``RESULTS/<detector>/<detector>_<profile>_scores.csv``.
 
-All I/O for the evaluation lives here; the scoring itself is in :mod:`bench.nab.scoring`.
+All I/O for the evaluation lives here; the scoring itself is in :mod:`vigil.bench.nab.scoring`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from bench.nab.scoring import CostMatrix
+from vigil.bench.nab.scoring import CostMatrix
 
 __all__ = [
     "DataSeries",

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bench.nab.corpus import Windows
-from bench.nab.scoring import (
+from vigil.bench.nab.corpus import Windows
+from vigil.bench.nab.scoring import (
     PROBATION_PERCENT,
     CostMatrix,
     FileLayout,
@@ -27,7 +27,7 @@ from bench.nab.scoring import (
     perfect_score,
     score_file,
 )
-from bench.nab.sweep import threshold_curve
+from vigil.bench.nab.sweep import threshold_curve
 
 __all__ = ["ProfileResult", "ScoredFile", "layouts_for", "score_corpus"]
 

@@ -1,7 +1,7 @@
 """Run an online detector over every labelled series of a NAB-style corpus and write NAB's
 results files, one process per core.
 
-Each series gets a fresh detector from :data:`bench.detectors.detector_factories`, sees its
+Each series gets a fresh detector from :data:`vigil.bench.detectors.detector_factories`, sees its
 values one at a time (score, then learn) and never anything ahead.  Scores are written, and
 handed to the scorer, with 12 significant digits, like NAB's own results files: a detector's
 output scored from disk later (``vigil eval nab-score``) then gives the very same figures.
@@ -20,9 +20,9 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from bench.nab.corpus import Windows, read_data_series, result_path, write_result_series
-from bench.nab.evaluation import ScoredFile
-from bench.nab.scoring import layout_file
+from vigil.bench.nab.corpus import Windows, read_data_series, result_path, write_result_series
+from vigil.bench.nab.evaluation import ScoredFile
+from vigil.bench.nab.scoring import layout_file
 
 __all__ = ["CorpusRun", "DetectionJob", "detect_series", "plan_jobs", "run_corpus"]
 
@@ -122,7 +122,7 @@ def plan_jobs(
 
 
 def _run_job(job: DetectionJob) -> JobOutcome:
-    from bench.detectors import detector_factories
+    from vigil.bench.detectors import detector_factories
 
     started = time.perf_counter()
     series = read_data_series(job.data_path, job.relative_path)
@@ -161,7 +161,7 @@ def run_corpus(
     progress: bool = True,
 ) -> CorpusRun:
     """Run ``detector`` over every labelled series under ``data_dir``; write NAB results files."""
-    from bench.detectors import detector_factories
+    from vigil.bench.detectors import detector_factories
 
     if detector not in detector_factories:
         known = ", ".join(sorted(detector_factories))

@@ -9,8 +9,8 @@ is built in one pass over the rows sorted by anomaly score (highest first):
 * inside a window it can only raise the window's value from ``-fnWeight`` to the reward of the
   earliest detection so far, so it adds the increase (zero when an earlier row already fired).
 
-The objective is exactly :func:`bench.nab.scoring.score_file` summed over files; ties go to the
-highest threshold, as NAB's stable sort does.
+The objective is exactly :func:`vigil.bench.nab.scoring.score_file` summed over files; ties go to
+the highest threshold, as NAB's stable sort does.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from bench.nab.scoring import CostMatrix, FileLayout, detection_weights
+from vigil.bench.nab.scoring import CostMatrix, FileLayout, detection_weights
 
 __all__ = ["NO_DETECTION", "ThresholdCurve", "threshold_curve"]
 

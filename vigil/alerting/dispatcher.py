@@ -1,10 +1,8 @@
-"""From alerts to webhook deliveries: the :class:`AlertDispatcher` and the alerts-topic consumer.
+"""From accepted alerts to webhook deliveries: the :class:`AlertDispatcher`.
 
-The dispatcher runs beside inference, never inside it: ``submit`` is one Redis round trip that
-records the alert durably; grouping, silences, inhibition and the HTTP work happen in the
-dispatcher's own asyncio tasks. The standalone consumer (``vigil connect webhooks``) reads the
-alerts topic in consumer group ``{app_id}-webhooks`` and commits offsets only after every alert
-of a batch is recorded in Redis, so a crash replays alerts (deduplicated) instead of losing them.
+``submit`` is one Redis script (dedupe, alert log, group buffer); grouping, silences, inhibition
+and the HTTP work happen in the dispatcher's own asyncio tasks, never on the caller's path. Alerts
+reach it only through the alerts topic (:mod:`.consumer`).
 """
 
 from __future__ import annotations
@@ -12,18 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import CommitFailedError
-from aiokafka.structs import ConsumerRecord
-from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from connectors.alert_routing import AlertGroupBuffer, Notification, SilenceStore, route
-from connectors.producer import RecordProducer, kafka_client_options
-from connectors.webhooks import DeliveryQueue, WebhookDelivery, render_body
+from vigil.alerting.alert_log import AlertLog
+from vigil.alerting.delivery import WebhookDelivery
+from vigil.alerting.delivery_queue import DeliveryQueue
+from vigil.alerting.grouping import AlertGroupBuffer
+from vigil.alerting.payloads import render_body
+from vigil.alerting.routing import Notification, route
+from vigil.alerting.silences import SilenceStore
+from vigil.connectors.producer import RecordProducer
 from vigil.records import Alert
 from vigil.settings import VigilSettings
 
@@ -32,7 +30,8 @@ log = logging.getLogger(__name__)
 
 class AlertDispatcher:
     """Accepts alerts (``submit``), groups and routes them, delivers them to every configured
-    webhook. State is in Redis, so a new dispatcher resumes exactly where an old one stopped."""
+    webhook (none configured: alerts are still logged). State is in Redis, so a new dispatcher
+    resumes exactly where an old one stopped."""
 
     def __init__(
         self, settings: VigilSettings, redis: Redis, *, producer: RecordProducer | None = None
@@ -40,7 +39,8 @@ class AlertDispatcher:
         self.settings = settings
         self.redis = redis
         config = settings.alerting
-        self.buffer = AlertGroupBuffer(redis, settings.app_id, config)
+        self.log = AlertLog(redis, settings.app_id, maxlen=settings.stream.alert_stream_maxlen)
+        self.buffer = AlertGroupBuffer(redis, settings.app_id, config, log=self.log)
         self.silences = SilenceStore(redis, settings.app_id)
         self.queue = DeliveryQueue(redis, settings.app_id, retention_s=config.retention_s)
         key = settings.webhook_signing_key
@@ -51,6 +51,8 @@ class AlertDispatcher:
                 dead_letters=self._dead_letter,
                 signing_key=key.get_secret_value() if key else None,
                 poll_interval_s=config.poll_interval_s,
+                max_age_s=config.max_delivery_age_s,
+                lease_margin_s=config.lease_margin_s,
             )
             for endpoint in settings.webhooks
         ]
@@ -89,7 +91,8 @@ class AlertDispatcher:
             self._owns_producer = False
 
     async def submit(self, alert: Alert) -> bool:
-        """Record an alert durably; False if this alert id and status was accepted before."""
+        """Accept an alert: append it to the alert log and queue it for its group, in one Redis
+        script; False (and nothing written) if this alert id and status was accepted before."""
         added = await self.buffer.add(alert, time.time())
         if added:
             self._wake.set()
@@ -167,77 +170,3 @@ class AlertDispatcher:
             reason, body, topic=self.settings.topics.alerts, source=source, key=key
         )
         await self._producer.flush()
-
-
-async def consume_alerts(
-    settings: VigilSettings, stop: asyncio.Event, *, ready: asyncio.Event | None = None
-) -> None:
-    """Alerts topic → dispatcher, until ``stop`` is set. Offsets are committed after the batch
-    is in Redis; records that are not alerts go to the dead-letter topic with the reason."""
-    redis = Redis.from_url(settings.redis)
-    consumer = AIOKafkaConsumer(
-        settings.topics.alerts,
-        bootstrap_servers=settings.bootstrap,
-        group_id=f"{settings.app_id}-webhooks",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **kafka_client_options(settings),
-    )
-    try:
-        async with RecordProducer(settings) as producer:
-            dispatcher = AlertDispatcher(settings, redis, producer=producer)
-            await dispatcher.start()
-            await consumer.start()
-            if ready is not None:
-                ready.set()
-            try:
-                while not stop.is_set():
-                    batches = await consumer.getmany(timeout_ms=200, max_records=500)
-                    if not batches:
-                        continue
-                    for messages in batches.values():
-                        for message in messages:
-                            await _accept(dispatcher, producer, message)
-                    await producer.flush()
-                    try:
-                        await consumer.commit()
-                    except CommitFailedError as exc:  # rebalanced: replays are deduplicated
-                        log.warning("alerts consumer: commit failed (%s); batch will replay", exc)
-            finally:
-                await consumer.stop()
-                await dispatcher.stop()
-    finally:
-        await redis.aclose()
-
-
-async def _accept(
-    dispatcher: AlertDispatcher, producer: RecordProducer, message: ConsumerRecord[bytes, bytes]
-) -> None:
-    value = message.value or b""
-    try:
-        alert = Alert.model_validate_json(value)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "record"
-        await producer.send_dead_letter(
-            f"not an alert: {where}: {first['msg']}", value,
-            topic=message.topic, source="webhooks", partition=message.partition,
-            offset=message.offset,
-            key=message.key.decode("utf-8", "replace") if message.key else None,
-        )  # fmt: skip
-        return
-    await dispatcher.submit(alert)
-
-
-def run_webhooks(settings: VigilSettings) -> None:
-    """Blocking entry point of ``vigil connect webhooks``: stops cleanly on SIGINT/SIGTERM."""
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        await consume_alerts(settings, stop)
-
-    asyncio.run(main())
