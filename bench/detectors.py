@@ -82,10 +82,21 @@ def register_forecaster(name: str, factory: ForecasterFactory) -> None:
     forecaster_factories[name] = factory
 
 
-def _vigil_detector() -> OnlineDetector:
-    from vigil.bench.replay_harness import VigilDetector  # torch loads only when Vigil runs
+def _vigil_detector(
+    fusion: str | None = None, seed: int = 0, train: bool = True
+) -> Callable[[], OnlineDetector]:
+    """Vigil as configured for NAB (``nab_group``), optionally with another fusion rule."""
 
-    return VigilDetector()
+    def build() -> OnlineDetector:
+        from vigil.bench.replay_harness import VigilDetector, nab_group  # torch loads lazily
+
+        group = nab_group()
+        if fusion is not None:
+            detector = group.detector.model_copy(update={"fusion": fusion})
+            group = group.model_copy(update={"detector": detector})
+        return VigilDetector(group, seed=seed, train=train)
+
+    return build
 
 
 def _vigil_forecaster(setup: ForecastSetup) -> OnlineForecaster:
@@ -101,7 +112,16 @@ def _seasonal_naive(setup: ForecastSetup) -> OnlineForecaster | None:
 
 
 # --- registrations: one line per model -----------------------------------------------------
-register_detector("vigil", _vigil_detector)  # the stream's own logic: bench.replay_harness
+register_detector("vigil", _vigil_detector())  # the stream's own logic: bench.replay_harness
+# the same with each fusion rule of DetectorConfig.fusion, and seeds 1 and 2 (`-s1`, `-s2`)
+for _seed in (0, 1, 2):
+    _suffix = f"-s{_seed}" if _seed else ""
+    if _seed:
+        register_detector(f"vigil{_suffix}", _vigil_detector(seed=_seed))
+    for _rule in ("likelihood", "novelty", "max", "corroborated"):
+        register_detector(f"vigil-{_rule}{_suffix}", _vigil_detector(_rule, _seed))
+# the novelty part does not depend on the model: no training needed to measure it alone
+register_detector("vigil-novelty-untrained", _vigil_detector("novelty", train=False))
 register_detector("windowed-gaussian", WindowedGaussian)
 register_detector("river-hst", RiverHalfSpaceTrees)
 register_detector("persistence-residual", lambda: ForecastResidualDetector(Persistence()))

@@ -37,6 +37,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
 from vigil.bench.worker_subprocess import WorkerSubprocess, free_port
+from vigil.connectors.producer import kafka_client_options
 from vigil.settings import (
     BatchConfig,
     DetectorConfig,
@@ -152,8 +153,9 @@ async def produce(
 ) -> None:
     """Send in order; fill in each record's partition and offset."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap, acks="all", max_request_size=max_request
-    )
+        bootstrap_servers=settings.bootstrap, acks="all", max_request_size=max_request,
+        **kafka_client_options(settings),
+    )  # fmt: skip
     await producer.start()
     try:
         futures = [
@@ -171,6 +173,7 @@ async def read_all(settings: VigilSettings, topic: str) -> list[dict[str, Any]]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap, group_id=None, auto_offset_reset="earliest",
         enable_auto_commit=False, max_partition_fetch_bytes=8 << 20,
+        **kafka_client_options(settings),
     )  # fmt: skip
     await consumer.start()
     try:
@@ -195,8 +198,12 @@ async def read_all(settings: VigilSettings, topic: str) -> list[dict[str, Any]]:
 
 
 async def committed_lag(settings: VigilSettings, topics: list[str]) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap, **kafka_client_options(settings)
+    )
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap, group_id=None, **kafka_client_options(settings)
+    )
     await admin.start()
     await consumer.start()
     try:
@@ -215,11 +222,20 @@ async def committed_lag(settings: VigilSettings, topics: list[str]) -> int:
 
 
 async def create_topic(settings: VigilSettings, name: str, config: dict[str, str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap, **kafka_client_options(settings)
+    )
     await admin.start()
     try:
         await admin.create_topics(
-            [NewTopic(name, settings.topics.partitions, 1, topic_configs=config)]
+            [
+                NewTopic(
+                    name,
+                    settings.topics.partitions,
+                    settings.topics.replication_factor,
+                    topic_configs=config,
+                )
+            ]
         )
     finally:
         await admin.close()
@@ -447,6 +463,59 @@ async def redis_outage(
     return outcome
 
 
+async def broker_outage(base: VigilSettings, workdir: Path, short: bool) -> DrillOutcome:
+    """The local broker stops mid-stream and comes back: /ready says 503 meanwhile, the log
+    gets a few lines (not thousands), and every reading is processed once it is back."""
+    from vigil.local_kafka import LocalKafka
+
+    # A broker of the drill's own (the same jars, other ports and data), so stopping it
+    # disturbs nobody else; the drill's Redis is the shared one.
+    home = (workdir / "broker_outage" / "home").resolve()
+    jars = f"kafka-{base.local.kafka_version}"
+    home.mkdir(parents=True, exist_ok=True)
+    shared_jars = LocalKafka(base).fetch().parent
+    if not (home / jars).exists():
+        (home / jars).symlink_to(shared_jars)
+    local = base.local.model_copy(
+        update={"kafka_port": free_port(), "controller_port": free_port(), "home": home}
+    )
+    own = base.model_copy(update={"kafka_bootstrap": None, "local": local})
+    broker = LocalKafka(own)
+    await asyncio.to_thread(broker.start)
+    settings = drill_settings(own)
+    await ensure_topics(settings)
+    run = DrillRun("broker_outage", settings, workdir)
+    keys = [f"k{i}" for i in range(4)]
+    outage_s = 10.0 if short else 30.0
+    worker = run.worker()
+    try:
+        worker.wait_ready()
+        for b in range(4):
+            await run.feed(_series(settings.topics.readings, keys, 10, start=b * 10))
+            await asyncio.sleep(0.5)
+        await asyncio.to_thread(broker.stop)
+        stopped = time.monotonic()
+        await asyncio.sleep(4)
+        ready = httpx.get(f"{worker.url}/ready", timeout=10).status_code
+        run.checks["/ready is 503 while the broker is down"] = ready == 503
+        await asyncio.sleep(max(0.0, outage_s - (time.monotonic() - stopped)))
+        await asyncio.to_thread(broker.start)
+        back = time.monotonic()
+        for b in range(4, 8):
+            await run.feed(_series(settings.topics.readings, keys, 10, start=b * 10))
+        worker.wait_ready(timeout_s=180)
+        settled = await run.settle(timeout_s=180)
+        recovery = None if settled is None else time.monotonic() - back
+        log_text = worker.log_path.read_text(errors="replace")
+        errors = sum(1 for line in log_text.splitlines() if "[ERROR]" in line)
+        run.checks["the outage logged under 100 ERROR lines"] = errors < 100
+        run.notes.append(f"{errors} ERROR lines over a {outage_s:.0f} s outage")
+        return await run.verdict(recovery, recovery is None)
+    finally:
+        run.stop_workers()
+        await asyncio.to_thread(broker.stop)
+
+
 async def reorder_in_batch(base: VigilSettings, workdir: Path, short: bool) -> DrillOutcome:
     """#3 and #5: ten swapped timestamp pairs and one year-9999 reading in one backlog: every
     swapped reading is put back in order and predicted; the year-9999 one is dead-lettered as
@@ -565,7 +634,8 @@ async def idle_keys(base: VigilSettings, workdir: Path, short: bool) -> DrillOut
     worker = run.worker()
     try:
         worker.wait_ready()
-        await run.settle()
+        rss_empty = _rss_kb(worker)
+        run.checks["the backlog was processed"] = await run.settle(timeout_s=900) is not None
         peak = _gauge(worker.metrics(), "vigil_keys_in_memory")
         rss_full = _rss_kb(worker)
         await asyncio.sleep(4)
@@ -583,7 +653,7 @@ async def idle_keys(base: VigilSettings, workdir: Path, short: bool) -> DrillOut
     run.checks["state has a TTL in Redis"] = isinstance(ttl, int) and 0 < ttl <= 3600
     run.notes.append(
         f"{n_keys} keys: peak in memory {peak:.0f}, after idle {in_memory:.0f};"
-        f" worker RSS {rss_full} KB -> {rss_idle} KB"
+        f" worker RSS {rss_empty} KB before, {rss_full} KB after, {rss_idle} KB idle"
     )
     return await run.verdict(recovery, recovery is None)
 
@@ -647,6 +717,7 @@ DRILLS: dict[str, Drill] = {
     "oversized_record": oversized_record,
     "redis_outage": redis_outage,
     "redis_outage_with_kill": lambda b, w, s: redis_outage(b, w, s, kill_during=True),
+    "broker_outage": broker_outage,
     "reorder_in_batch": reorder_in_batch,
     "huge_value": huge_value,
     "far_future": far_future,

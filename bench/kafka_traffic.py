@@ -69,8 +69,15 @@ class PacedRun:
 class ReadingProducer:
     """Builds and sends batches of readings; every batch is awaited before :meth:`flush` ends."""
 
-    def __init__(self, bootstrap: str, topic: str, series: ReadingSeries) -> None:
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        series: ReadingSeries,
+        options: dict[str, object] | None = None,
+    ) -> None:
+        # options: kafka_client_options(settings), the SASL/TLS settings of a secured cluster
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **(options or {}))
         self.topic = topic
         self.series = series
         self.pending: list[asyncio.Future[object]] = []
@@ -152,7 +159,9 @@ class ReadingProducer:
 class TopicReader:
     """Reads the broker's view: end offsets, and records in exact offset ranges."""
 
-    def __init__(self, bootstrap: str, partitions: int) -> None:
+    def __init__(
+        self, bootstrap: str, partitions: int, options: dict[str, object] | None = None
+    ) -> None:
         self.bootstrap = bootstrap
         self.partitions = partitions
         self.consumer = AIOKafkaConsumer(
@@ -161,6 +170,7 @@ class TopicReader:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 << 20,
+            **(options or {}),
         )
 
     async def __aenter__(self) -> TopicReader:
@@ -227,9 +237,15 @@ class TopicReader:
         return found
 
 
-async def committed_lag(bootstrap: str, group_id: str, topic: str, end: Offsets) -> int | None:
+async def committed_lag(
+    bootstrap: str,
+    group_id: str,
+    topic: str,
+    end: Offsets,
+    options: dict[str, object] | None = None,
+) -> int | None:
     """High-water mark minus the group's committed offset, summed over partitions."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(options or {}))
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group_id)
@@ -245,8 +261,10 @@ async def committed_lag(bootstrap: str, group_id: str, topic: str, end: Offsets)
     return lag
 
 
-async def delete_topics(bootstrap: str, names: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def delete_topics(
+    bootstrap: str, names: list[str], options: dict[str, object] | None = None
+) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(options or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -48,6 +48,7 @@ from vigil.bench.kafka_traffic import (
 )
 from vigil.bench.prometheus_histogram import BucketCounts, histogram, sample_total
 from vigil.bench.worker_subprocess import VIGIL_WORKER, WorkerSubprocess
+from vigil.connectors.producer import kafka_client_options
 from vigil.settings import ModelConfig, ModelGroup, TopicNames, VigilSettings
 from vigil.topics import ensure_topics
 
@@ -269,12 +270,13 @@ class PipelineBench:
     async def run_all(self) -> PipelineBenchResult:
         started = time.monotonic()
         bootstrap = self.settings.bootstrap
+        options = kafka_client_options(self.settings)  # SASL/TLS of a secured cluster
         await ensure_topics(self.settings, self.topic_names)
         try:
-            async with TopicReader(bootstrap, self.settings.topics.partitions) as reader:
+            async with TopicReader(bootstrap, self.settings.topics.partitions, options) as reader:
                 self.reader = reader
                 async with ReadingProducer(
-                    bootstrap, self.settings.topics.readings, self.series
+                    bootstrap, self.settings.topics.readings, self.series, options
                 ) as producer:
                     self.producer = producer
                     await self._throughput_phases()
@@ -327,7 +329,9 @@ class PipelineBench:
     async def _small_model_phase(self, settings: VigilSettings) -> None:
         group = settings.groups[0]
         series = ReadingSeries(self.plan.keys, settings.topics.partitions, seed=7)
-        async with ReadingProducer(settings.bootstrap, settings.topics.readings, series) as p:
+        async with ReadingProducer(
+            settings.bootstrap, settings.topics.readings, series, kafka_client_options(settings)
+        ) as p:
             await p.backlog(
                 self.plan.events_per_key,
                 interval_s=self.plan.backlog_interval_s,
@@ -455,6 +459,7 @@ class PipelineBench:
             self.settings.app_id,
             self.settings.topics.readings,
             at_end.readings,
+            kafka_client_options(self.settings),
         )
         self.say(f"overload {factor}x: load stopped with {backlog:,} events waiting")
         drain = await self._wait_for_predictions(before, run.sent)
@@ -565,7 +570,9 @@ class PipelineBench:
     async def _clean_up(self) -> None:
         """Delete the bench topics and every Redis key of the bench's app ids."""
         try:
-            await delete_topics(self.settings.bootstrap, self.topic_names)
+            await delete_topics(
+                self.settings.bootstrap, self.topic_names, kafka_client_options(self.settings)
+            )
         except Exception as exc:  # a failed clean-up must not hide the figures
             self.say(f"could not delete bench topics: {exc}")
         client = aioredis.Redis.from_url(self.settings.redis)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,7 +23,9 @@ KafkaTopic = Annotated[
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.secho(message, fg=typer.colors.RED, err=True)
+    from vigil.redaction import scrub
+
+    typer.secho(scrub(" ".join(message.split())), fg=typer.colors.RED, err=True)
     return typer.Exit(code)
 
 
@@ -36,11 +39,22 @@ def _run(main: Callable[[], Awaitable[T]], on_term: Callable[[], None] | None = 
         loop.add_signal_handler(signal.SIGTERM, on_term or task.cancel)
         return await main()
 
+    from aiokafka.errors import KafkaError
+    from redis.exceptions import RedisError
+
+    from vigil.connectors.producer import DeliveryError
+
     try:
         return asyncio.run(wrapped())
     except (KeyboardInterrupt, asyncio.CancelledError):
         typer.echo("stopped; everything sent so far is flushed", err=True)
         raise typer.Exit(130) from None
+    except (KafkaError, DeliveryError) as exc:  # after the topics were there: the broker left
+        settings = _settings()
+        what = str(exc) or type(exc).__name__
+        raise _fail(f"Kafka at {settings.bootstrap} failed: {what}", 1) from None
+    except RedisError as exc:
+        raise _fail(f"Redis at {_settings().redis} failed: {exc}", 1) from None
 
 
 async def _prepare_topics(settings: Any, topic: str) -> None:
@@ -49,10 +63,15 @@ async def _prepare_topics(settings: Any, topic: str) -> None:
 
     from vigil.topics import ensure_topics
 
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)  # its lines would repeat the one below
     try:
         await ensure_topics(settings, [topic, settings.topics.dead_letters])
     except (KafkaError, OSError) as exc:
         raise _fail(f"cannot reach Kafka at {settings.bootstrap}: {exc}", 1) from None
+    finally:
+        client_log.setLevel(level)
 
 
 def _settings() -> Any:
@@ -86,7 +105,8 @@ def replay(
 ) -> None:
     """Replay market bars, NAB series or sensor tables into Kafka, resumably.
 
-    Example: vigil connect replay ../shared/data/market/daily --columns close --speed 0
+    Example: vigil connect replay vigil/demo_data/stocks_close.csv --columns close
+    --key-column Name --key-prefix market. --speed 0
     """
     from redis.asyncio import Redis
     from redis.exceptions import RedisError

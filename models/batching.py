@@ -37,7 +37,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from vigil.settings import BatchConfig
+from vigil.models.config import BatchConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Where the forecaster runs: CUDA when there is one, the CPU otherwise.
 
 Every code path works on the CPU; asking for CUDA on a machine without it is a configuration
-mistake, so it stops start-up with a :class:`~vigil.settings.ConfigError` naming ``VIGIL_DEVICE``
-instead of silently running on the CPU at a fraction of the expected speed.
+mistake, so it stops start-up with a :class:`~vigil.models.config.ConfigError` naming
+``VIGIL_DEVICE`` instead of silently running on the CPU at a fraction of the expected speed.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-from vigil.settings import ConfigError
+from vigil.models.config import ConfigError
 
 DevicePreference = Literal["auto", "cpu", "cuda"]
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from vigil.models.cells import CELLS, RecurrentCell, State
-from vigil.settings import ModelConfig
+from vigil.models.config import ModelConfig
 
 log = logging.getLogger(__name__)
 

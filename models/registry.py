@@ -41,8 +41,8 @@ import redis
 import torch
 from torch import nn
 
+from vigil.models.config import ModelConfig
 from vigil.records import ModelAnnouncement
-from vigil.settings import ModelConfig
 
 log = logging.getLogger(__name__)
 

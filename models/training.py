@@ -34,8 +34,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
+from vigil.models.config import TrainingConfig
 from vigil.models.replay import ReplayBuffer
-from vigil.settings import TrainingConfig
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import orjson
 
+from vigil.outage import FaultTolerance, fault_service
 from vigil.records import DeadLetter
 from vigil.stream.batch_handler import HandledBatch, OutputRecord
 from vigil.stream.metrics import VigilMetrics
-from vigil.stream.outage import FaultTolerance, fault_service
 from vigil.stream.state_store import StateStore
 
 log = logging.getLogger("vigil.commit")

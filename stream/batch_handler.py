@@ -17,12 +17,12 @@ from typing import Any
 
 import orjson
 
+from vigil.outage import FaultTolerance
 from vigil.records import DeadLetter
 from vigil.settings import VigilSettings
 from vigil.stream.group_runtime import GroupRuntime
 from vigil.stream.key_cache import KeyStateCache
 from vigil.stream.metrics import VigilMetrics
-from vigil.stream.outage import FaultTolerance
 from vigil.stream.series_processor import BatchOutput
 from vigil.stream.source_position import SourcePosition
 from vigil.stream.stage_clock import StageClock

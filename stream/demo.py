@@ -112,7 +112,12 @@ class DemoTally:
     last_at: float | None = None
 
 
-def run_demo(settings: VigilSettings, *, speedup: float, seconds: float, keep_up: bool) -> int:
+def run_demo(
+    settings: VigilSettings, *, speedup: float, seconds: float, keep_up: bool,
+    exit_after_replay: bool = False,
+) -> int:  # fmt: skip
+    """Replay the sample through a worker; then, unless ``exit_after_replay``, keep the worker
+    (and its web UI) up until Ctrl-C so the results can be looked at in a browser."""
     console.rule("[bold]Vigil demo")
     started = local_services.up(settings)
     console.print(
@@ -141,6 +146,8 @@ def run_demo(settings: VigilSettings, *, speedup: float, seconds: float, keep_up
         )
         tally = asyncio.run(_replay_and_watch(demo, readings, speedup, seconds))
         _summary(tally, readings, web_port)
+        if not exit_after_replay:
+            _stay_up(worker, web_port, settings)
     finally:
         worker.terminate()
         try:
@@ -185,7 +192,7 @@ def _wait_ready(worker: subprocess.Popen[bytes], web_port: int, timeout_s: float
             try:
                 if httpx.get(f"http://127.0.0.1:{web_port}/ready", timeout=1).status_code == 200:
                     console.print(
-                        f"Worker ready: http://127.0.0.1:{web_port}/ready,"
+                        f"Worker ready: http://127.0.0.1:{web_port}/ui (web UI), /ready,"
                         " /metrics, /predictions/<key>"
                     )
                     return
@@ -193,6 +200,22 @@ def _wait_ready(worker: subprocess.Popen[bytes], web_port: int, timeout_s: float
                 pass
             time.sleep(0.5)
     raise SystemExit("the worker did not become ready in time")
+
+
+def _stay_up(worker: subprocess.Popen[bytes], web_port: int, settings: VigilSettings) -> None:
+    """Keep the worker serving its pages until Ctrl-C (or until it exits by itself)."""
+    console.rule("[bold]Look at it")
+    console.print(f"[bold]Open http://127.0.0.1:{web_port}/ui[/] — keys, live charts, alerts,"
+                  " silences, models. Ctrl-C stops the worker.")  # fmt: skip
+    if settings.web_token is None:
+        console.print("The pages are read-only: start the demo with VIGIL_WEB_TOKEN=<a secret> to"
+                      " create silences or promote models from them.")  # fmt: skip
+    try:
+        while worker.poll() is None:
+            time.sleep(0.5)
+        console.print(f"[yellow]the worker exited with {worker.returncode}")
+    except KeyboardInterrupt:
+        console.print("stopping …")
 
 
 async def _replay_and_watch(

@@ -37,13 +37,13 @@ import faust
 from faust.sensors import Sensor
 from faust.types import TP, EventT
 
+from vigil.outage import Abandoned
 from vigil.settings import VigilSettings
 from vigil.stream.backpressure import InWorkerLimit
 from vigil.stream.batch_commit import BatchCommit
 from vigil.stream.batch_handler import BatchHandler, HandledBatch
 from vigil.stream.key_cache import KeyStateCache
 from vigil.stream.metrics import VigilMetrics
-from vigil.stream.outage import Abandoned
 
 log = logging.getLogger("vigil.intake")
 REVOCATION_GRACE_S = 5.0  # how long a rebalance waits for commits before abandoning them

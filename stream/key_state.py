@@ -18,6 +18,7 @@ from vigil.models.conformal import AdaptiveConformal
 from vigil.models.drift import ResidualDriftMonitor
 from vigil.models.incidents import IncidentDetector
 from vigil.models.normalizer import RunningNormalizer
+from vigil.models.novelty import ContextNovelty
 from vigil.models.scoring import NORMALISED_MIN_SPREAD, ResidualScorer
 from vigil.models.state_codec import persistent
 from vigil.models.window import WindowBuffer
@@ -62,6 +63,8 @@ class KeyState:
     conformal: list[AdaptiveConformal]  # one per channel
     drift: ResidualDriftMonitor
     admission: TrainingAdmission
+    # the second detector (contextual novelty); a default so state stored before it still loads
+    novelty: ContextNovelty = field(default_factory=ContextNovelty)
     pending: PendingForecast | None = field(default=None, init=False)
     hidden: str | None = field(default=None, init=False)  # stateful mode: LSTM state (base64)
     hidden_version: str | None = field(default=None, init=False)  # model version of `hidden`
@@ -103,6 +106,12 @@ class KeyState:
             # the detector's warm-up doubles as the drift test's: no drift before alerts start
             drift=ResidualDriftMonitor(min_instances=max(2, detector.warmup_events)),
             admission=TrainingAdmission(group.training.level_shift_readmit_after),
+            novelty=ContextNovelty(
+                bins=detector.novelty_bins,
+                orders=detector.novelty_orders,
+                capacity=detector.novelty_capacity,
+                rest_events=detector.novelty_rest_events,
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:

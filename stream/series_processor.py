@@ -32,6 +32,7 @@ import numpy as np
 from vigil import __version__
 from vigil.models.drift import DriftSignal
 from vigil.models.incidents import IncidentEvent
+from vigil.models.novelty import fuse_scores
 from vigil.models.scoring import ScoreResult, reduce_residual
 from vigil.records import Alert, DriftEvent, Prediction, Provenance
 from vigil.settings import ModelGroup
@@ -89,7 +90,9 @@ class _Step:
 class _Assessment:
     """What the per-key estimators made of one accepted event (step 3, before any record)."""
 
-    score: ScoreResult
+    score: ScoreResult  # the residual likelihood
+    fused: float  # the published score: the parts fused by DetectorConfig.fusion
+    parts: dict[str, float]  # each detector's own score
     incident: IncidentEvent | None
     flagged: bool
     drift: DriftSignal | None
@@ -366,15 +369,21 @@ class SeriesProcessor:
             out.alerts.append(self._alert(state, seen.incident, forecast_raw, provenance))
 
     def _assess(self, state: KeyState, step: _Step) -> _Assessment:
-        """The estimator step: residual → score → incident → drift, in that order."""
+        """The estimator step: residual → likelihood, value → novelty, fused score → incident →
+        drift, in that order."""
         residual = self._residual(state, step)
         score = state.scorer.score_one(residual)
-        incident = state.incidents.update(score.score, step.event.reading.ts)
+        value = step.observed[0]
+        novelty = state.novelty.score_one(math.nan if value is None else value)
+        detector = self.group.detector
+        fused = fuse_scores(detector.fusion, score.score, novelty, detector.threshold)
+        incident = state.incidents.update(fused, step.event.reading.ts)
         flagged = state.incidents.active or (incident is not None and incident.kind == "opened")
         drift = (
             state.drift.update(residual, step.event.reading.ts) if math.isfinite(residual) else None
         )
-        return _Assessment(score, incident, flagged, drift)
+        parts = {"likelihood": score.score, "novelty": novelty}
+        return _Assessment(score, fused, parts, incident, flagged, drift)
 
     def _prediction(
         self,
@@ -393,7 +402,8 @@ class SeriesProcessor:
             upper=[hi for _, hi in bounds[0]],
             channels=self._channel_forecasts(forecast_raw, bounds),
             observed=step.observed[0],
-            score=seen.score.score,
+            score=seen.fused,
+            score_parts=seen.parts,
             anomaly=seen.flagged,
             group=self.group.name,
             provenance=provenance,

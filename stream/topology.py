@@ -19,7 +19,9 @@ from typing import Any
 import faust
 import redis.asyncio as aioredis
 
+from vigil import repeat_filter
 from vigil.alerting import alerting_service
+from vigil.outage import FaultTolerance
 from vigil.records import ModelAnnouncement
 from vigil.settings import VigilSettings
 from vigil.stream.batch_commit import BatchCommit
@@ -28,7 +30,6 @@ from vigil.stream.group_runtime import GroupRuntime
 from vigil.stream.intake import Intake
 from vigil.stream.key_cache import KeyStateCache
 from vigil.stream.metrics import VigilMetrics
-from vigil.stream.outage import FaultTolerance
 from vigil.stream.state_store import StateStore
 from vigil.stream.web import add_pages
 
@@ -63,7 +64,12 @@ def faust_app_options(settings: VigilSettings, web_port: int | None = None) -> d
         "broker": [f"kafka://{host}" for host in settings.bootstrap.split(",")],
         "store": "memory://",
         "web_port": web_port or settings.web_port,
-        "web_host": "0.0.0.0",
+        "web_host": settings.web_host,  # canonical URL; web_bind is the interface listened on
+        "web_bind": settings.web_host,
+        # Faust's /router and /table pages expose cluster topology and table data; Vigil serves
+        # neither (faust's APP_WEB_ROUTER_ENABLED / APP_WEB_TABLES_ENABLED turn them back on)
+        "web_router_enabled": False,
+        "web_tables_enabled": False,
         "key_serializer": "raw",
         "value_serializer": "raw",
         "topic_partitions": settings.topics.partitions,
@@ -126,7 +132,9 @@ class VigilStream:
             self.app.service(alerting_service(settings))  # type: ignore[arg-type]
         self.app.task(self._watch_loop_lag)
         self.app.timer(5.0)(self._measure_consumer_lag)
-        add_pages(self.app, settings, self.metrics, self.store, self.redis, self.readiness)
+        add_pages(
+            self.app, settings, self.metrics, self.store, self.redis, self.readiness, self.keys
+        )
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> Any:
         channel = self._topics.get(topic)
@@ -213,6 +221,7 @@ class _GroupServices(faust.Service):
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
+        repeat_filter.install()  # logging is set up by now: an outage logs lines, not floods
         for runtime in self.stream.groups.values():
             await runtime.start()
 

@@ -1,5 +1,6 @@
 """HTTP pages on Faust's own web server: health, readiness, latest predictions (and, from
-:mod:`vigil.alerting`, alerts and silences).
+:mod:`vigil.alerting`, alerts and silences; from :mod:`vigil.ui`, the operators' pages under
+``/ui`` and their JSON under ``/api``, with writes guarded by ``VIGIL_WEB_TOKEN``).
 
 ``/metrics`` comes from Faust's Prometheus sensor, set up here on the app's registry so Faust's
 own metrics and Vigil's are served together.
@@ -16,8 +17,10 @@ from faust.web import Request, Response, View
 
 from vigil.alerting.web import add_alerting_pages
 from vigil.settings import VigilSettings
+from vigil.stream.key_cache import KeyStateCache
 from vigil.stream.metrics import VigilMetrics
 from vigil.stream.state_store import StateStore
+from vigil.ui import add_ui
 
 Readiness = Callable[[], Awaitable[dict[str, bool]]]
 
@@ -29,6 +32,7 @@ def add_pages(
     store: StateStore,
     redis: aioredis.Redis,
     readiness: Readiness,
+    keys: KeyStateCache | None = None,
 ) -> None:
     setup_prometheus_sensors(app, registry=metrics.registry, name_prefix="faust")
 
@@ -57,3 +61,5 @@ def add_pages(
             return self.json(found)
 
     add_alerting_pages(app, settings, redis)  # /alerts, /silences: vigil.alerting
+    # /ui pages, /api/... JSON, and the write guard (bearer token + JSON) over every route
+    add_ui(app, settings, keys)

@@ -47,7 +47,9 @@ CUSTOM_KINDS = {
     "KafkaUser",
     "ScaledObject",
     "TriggerAuthentication",
+    "PrometheusRule",
 }
+STRIMZI_API = "kafka.strimzi.io/v1"  # Strimzi 0.49 and newer (1.0 serves only v1)
 
 DEFAULTED_ON_PURPOSE = {
     # Where `vigil up` starts Kafka and Redis on a laptop. A cluster sets VIGIL_KAFKA_BOOTSTRAP
@@ -255,7 +257,7 @@ def _check_custom_resource(target: str, doc: dict[str, Any]) -> None:
             "port" in e or "targetPort" in e for e in spec["endpoints"]
         )
     elif kind in {"KafkaTopic", "KafkaUser"}:
-        assert doc["apiVersion"] == "kafka.strimzi.io/v1beta2"
+        assert doc["apiVersion"] == STRIMZI_API
         assert doc["metadata"]["labels"]["strimzi.io/cluster"]
         if kind == "KafkaTopic":
             assert isinstance(spec["partitions"], int) and spec["partitions"] >= 1
@@ -272,6 +274,9 @@ def _check_custom_resource(target: str, doc: dict[str, Any]) -> None:
         for trigger in spec["triggers"]:
             if "authenticationRef" in trigger:
                 assert trigger["authenticationRef"]["name"] in auth_names
+    elif kind == "PrometheusRule":
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+        assert spec["groups"] and all(g["name"] and g["rules"] for g in spec["groups"])
     elif kind == "TriggerAuthentication":
         assert doc["apiVersion"] == "keda.sh/v1alpha1"
         assert spec.get("secretTargetRef") or spec.get("env")
@@ -404,6 +409,8 @@ def test_kafka_topics_match_the_settings(
     for topic in topics:
         isr = int(topic["spec"].get("config", {}).get("min.insync.replicas", 1))
         assert isr <= topic["spec"]["replicas"], topic["metadata"]["name"]
+        # what `vigil up`/the worker would create matches what Strimzi creates
+        assert topic["spec"]["replicas"] == settings.topics.replication_factor
     strimzi = [d for d in render(target) if d["kind"] in {"KafkaTopic", "KafkaUser"}]
     (cluster,) = {d["metadata"]["labels"]["strimzi.io/cluster"] for d in strimzi}
     for host in settings.bootstrap.split(","):  # Strimzi's bootstrap Service of that cluster
@@ -411,7 +418,7 @@ def test_kafka_topics_match_the_settings(
 
 
 @pytest.mark.parametrize("target", [t for t in TARGETS if t != "overlays/dev"])
-def test_keda_scales_on_readings_lag_up_to_the_partition_count(
+def test_keda_scales_on_the_groups_lag_up_to_the_partition_count(
     target: str, clean_environment: pytest.MonkeyPatch
 ) -> None:
     settings = settings_in_pod(target, clean_environment)
@@ -423,10 +430,15 @@ def test_keda_scales_on_readings_lag_up_to_the_partition_count(
         for t in objects(target, "KafkaTopic")
         if t["spec"]["topicName"] == settings.topics.readings
     ]
-    assert scaled["spec"]["maxReplicaCount"] == readings["spec"]["partitions"]
+    assert 1 <= scaled["spec"]["maxReplicaCount"] <= readings["spec"]["partitions"]
+    if target != "overlays/gpu":  # the GPU overlay caps lower on purpose (test below)
+        assert scaled["spec"]["maxReplicaCount"] == readings["spec"]["partitions"]
     assert trigger["type"] == "kafka"
     assert meta["consumerGroup"] == settings.app_id
-    assert meta["topic"] == settings.topics.readings
+    # no `topic`: KEDA sums the lag over every topic the group consumes (group topics too)
+    assert "topic" not in meta and "topics" not in meta
+    # the worker reads a partition without a committed offset from the start: so does KEDA
+    assert meta["offsetResetPolicy"] == "earliest"
     assert meta["bootstrapServers"] == settings.kafka_bootstrap
     assert int(meta["lagThreshold"]) > 0
     assert meta.get("allowIdleConsumers", "false") == "false"
@@ -460,6 +472,48 @@ def test_keda_scales_on_readings_lag_up_to_the_partition_count(
             assert user["metadata"]["name"] == password_ref["name"]
     else:
         assert "sasl" not in meta and "authenticationRef" not in trigger
+
+
+def test_gpu_overlay_has_its_own_replica_cap_and_lag_threshold() -> None:
+    gpu = the("overlays/gpu", "ScaledObject")["spec"]
+    prod = the("overlays/prod", "ScaledObject")["spec"]
+    assert gpu["maxReplicaCount"] < prod["maxReplicaCount"]
+    gpu_lag = int(gpu["triggers"][0]["metadata"]["lagThreshold"])
+    assert gpu_lag > int(prod["triggers"][0]["metadata"]["lagThreshold"])
+    assert gpu["minReplicaCount"] <= gpu["maxReplicaCount"]
+
+
+def test_the_strimzi_cluster_name_is_one_setting(tmp_path: Path) -> None:
+    """Renaming the cluster in deploy/k8s/base/strimzi-cluster.yaml renames it everywhere."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    copy_root = tmp_path / "k8s"
+    shutil.copytree(DEPLOY / "k8s", copy_root)
+    source = copy_root / "base" / "strimzi-cluster.yaml"
+    text = source.read_text()
+    original = yaml.safe_load(text)["data"]["cluster"]
+    assert text.count(f"cluster: {original}") == 1
+    source.write_text(text.replace(f"cluster: {original}", "cluster: kafka-east"))
+    for target in TARGETS:
+        done = subprocess.run(
+            [kubectl, "kustomize", str(copy_root / target)], capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert original not in done.stdout, f"{target}: {original!r} is still named somewhere"
+        docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+        assert not [d for d in docs if d["metadata"]["name"] == "vigil-strimzi-cluster"]
+        strimzi = [d for d in docs if d["apiVersion"].startswith("kafka.strimzi.io/")]
+        assert {d["metadata"]["labels"]["strimzi.io/cluster"] for d in strimzi} == {"kafka-east"}
+        (settings_map,) = [d for d in docs if d["kind"] == "ConfigMap"]
+        bootstrap = settings_map["data"]["VIGIL_KAFKA_BOOTSTRAP"]
+        assert bootstrap.startswith("kafka-east-kafka-bootstrap:"), bootstrap
+        for scaled in (d for d in docs if d["kind"] == "ScaledObject"):
+            assert scaled["spec"]["triggers"][0]["metadata"]["bootstrapServers"] == bootstrap
+        if settings_map["data"]["VIGIL_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL":
+            assert "secretName: kafka-east-cluster-ca-cert" in done.stdout
+            assert "name: kafka-east-cluster-ca-cert" in done.stdout  # KEDA's CA reference
 
 
 def test_dev_runs_one_fixed_replica_without_keda() -> None:
@@ -679,6 +733,7 @@ CONTRACT_METRICS = {
     "vigil_inference_queue_depth",
     "vigil_intake_held",
     "vigil_outage",
+    "vigil_keys_in_memory",
     "vigil_webhook_deliveries_total",
     "vigil_webhook_retries_throttled_total",
     "vigil_drift_events_total",
@@ -733,3 +788,64 @@ def test_dashboard_panels_are_well_formed() -> None:
         for histogram in ("vigil_event_to_prediction_seconds", "vigil_batch_size"):
             if f"{histogram}_bucket" in str(panel["targets"]):
                 assert "histogram_quantile" in str(panel["targets"])
+
+
+# ---- Prometheus alerts ---------------------------------------------------------------------------
+ALERT_CONCERNS = {
+    # what must be alerted on -> a pattern one rule's expression must contain
+    "growing lag": r"\bvigil_consumer_lag\b",
+    "dead-letter rate": r"\bvigil_dead_letters_total\b",
+    "unready pods": r"\bkube_deployment_status_replicas_unavailable\b",
+    "webhook failures": r"\bvigil_webhook_deliveries_total\b",
+    "event-loop lag": r"\bvigil_event_loop_lag_seconds\b",
+    "training stalled": r"\bvigil_training_steps_total\b",
+    "Redis outage": r'\bvigil_outage\{service="redis"\}',
+    "Kafka outage": r'\bvigil_outage\{service="kafka"\}',
+}
+DURATION = re.compile(r"^\d+[smhd]$")
+
+
+def markdown_anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors of a Markdown file."""
+    anchors = set()
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"\s", "-", re.sub(r"[^\w\s-]", "", title)))
+    return anchors
+
+
+def alert_rules(target: str) -> list[dict[str, Any]]:
+    return [
+        rule
+        for group in the(target, "PrometheusRule")["spec"]["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_prometheus_rules_alert_on_every_concern(target: str) -> None:
+    rules = alert_rules(target)
+    names = [r["alert"] for r in rules]
+    assert len(names) == len(set(names))
+    for concern, pattern in ALERT_CONCERNS.items():
+        assert any(re.search(pattern, r["expr"]) for r in rules), f"no alert on {concern}"
+    deployment = the(target, "Deployment")["metadata"]["name"]
+    exposed = exposed_metric_names()
+    anchors = markdown_anchors(ROOT / "docs" / "deploy.md")
+    for rule in rules:
+        expr, where = rule["expr"], rule["alert"]
+        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), where
+        unknown = set(re.findall(r"\bvigil_[a-z_]+\b", expr)) - exposed
+        assert not unknown, f"{where}: the worker exposes no {sorted(unknown)}"
+        for name in re.findall(r'deployment="([^"]+)"', expr):
+            assert name == deployment, where
+        assert rule["labels"]["severity"] in {"warning", "critical"}, where
+        assert rule["annotations"]["summary"], where
+        assert DURATION.match(rule.get("for", "0s")), where
+        runbook = rule["annotations"]["runbook_url"]
+        assert runbook.startswith("docs/deploy.md#"), where
+        assert runbook.split("#", 1)[1] in anchors, f"{where}: no section {runbook}"
+    labels = the(target, "PrometheusRule")["metadata"]["labels"]
+    assert labels["release"] == the(target, "ServiceMonitor")["metadata"]["labels"]["release"]

@@ -28,6 +28,7 @@ from vigil.models.conformal import AdaptiveConformal
 from vigil.models.drift import PageHinkley, ResidualDriftMonitor
 from vigil.models.incidents import IncidentDetector
 from vigil.models.normalizer import RunningNormalizer
+from vigil.models.novelty import ContextNovelty
 from vigil.models.scoring import ResidualScorer, reduce_residual
 from vigil.models.state_codec import clone, decode, dumps, encode, loads
 from vigil.models.window import GapPolicy, WindowBuffer
@@ -88,6 +89,10 @@ def _feed_admission(gate: TrainingAdmission, t: int, x: float) -> Any:
     return gate.admit(abs(x) > 1.5), gate.in_level_shift
 
 
+def _feed_novelty(detector: ContextNovelty, t: int, x: float) -> Any:
+    return detector.raw_novelty(x), detector.score_one(x), len(detector.seen)
+
+
 def _new_key_state() -> KeyState:
     group = ModelGroup(
         name="g",
@@ -111,7 +116,8 @@ def _feed_key_state(state: KeyState, t: int, x: float) -> Any:
         observed = [math.nan if n is None else n for n in normalised]
         residual = reduce_residual([o - f for o, f in zip(observed, forecast, strict=True)])
     result = state.scorer.score_one(residual)
-    incident = state.incidents.update(result.score, float(t))
+    novelty = state.novelty.score_one(math.nan if vector[0] is None else vector[0])
+    incident = state.incidents.update(max(result.score, novelty), float(t))
     signal = state.drift.update(residual, float(t)) if math.isfinite(residual) else None
     admitted = state.admission.admit(state.incidents.active)
     for channel, conformal in enumerate(state.conformal):
@@ -150,6 +156,12 @@ CASES = [
     Case("drift", lambda: ResidualDriftMonitor(min_instances=10, half_life=20.0), _feed_drift),
     Case("page_hinkley", lambda: PageHinkley(min_instances=5), _feed_page_hinkley),
     Case("admission", lambda: TrainingAdmission(readmit_after=3), _feed_admission),
+    # a small memory so that forgetting is exercised too
+    Case(
+        "novelty",
+        lambda: ContextNovelty(bins=4, orders=2, capacity=12, rest_events=3),
+        _feed_novelty,
+    ),
     Case("key_state", _new_key_state, _feed_key_state),
 ]
 IDS = [case.name for case in CASES]
@@ -330,3 +342,10 @@ def test_key_state_maps_the_group_settings() -> None:
     assert state.conformal[0].alpha == DetectorConfig().interval_alpha
     assert (state.window.length, state.window.gap_policy) == (8, GapPolicy.INTERPOLATE)
     assert state.admission.readmit_after == ModelGroup(name="g").training.level_shift_readmit_after
+    detector = DetectorConfig()
+    assert (state.novelty.bins, state.novelty.orders) == (
+        detector.novelty_bins,
+        detector.novelty_orders,
+    )
+    assert state.novelty.capacity == detector.novelty_capacity
+    assert state.novelty.rest_events == detector.novelty_rest_events

@@ -305,3 +305,85 @@ def test_nab_command_runs_windowed_gaussian_like_nab_did(shared_data: Path, tmp_
             expected = sum(table[r].score for r in SMALL_FILES)
             raw = payload["profiles"][profile]["raw"]
             assert raw == pytest.approx(expected, abs=1e-5)
+
+
+# ---- real files: repeated and out-of-order timestamps -------------------------------------
+def _minute(k: int) -> str:
+    return f"2020-01-01 00:{k:02d}:00"
+
+
+# file order: row 5 (minute 4) comes after minute 5; rows 6 and 7 repeat minute 6
+MESSY_MINUTES = [0, 1, 2, 3, 5, 4, 6, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]
+MESSY_SCORES = [0.0, 0.0, 0.0, 0.9, 0.0, 0.8, 0.0, 0.9, 0.0, 0.0,
+                0.0, 0.7, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.6, 0.0]  # fmt: skip
+MESSY_WINDOWS = [[_minute(5), _minute(8)], [_minute(12), _minute(14)]]
+
+
+def _messy_results(root: Path) -> Path:
+    """A NAB results file with a repeated and an out-of-order timestamp, and its labels."""
+    results = root / "results" / "mine" / "cat"
+    results.mkdir(parents=True)
+    lines = ["timestamp,value,anomaly_score"]
+    lines += [f"{_minute(m)},{i},{s}" for i, (m, s) in enumerate(zip(MESSY_MINUTES, MESSY_SCORES))]
+    (results / "mine_messy.csv").write_text("\n".join(lines) + "\n")
+    labels = root / "windows.json"
+    labels.write_text(json.dumps({"cat/messy.csv": MESSY_WINDOWS}))
+    return labels
+
+
+def test_repeated_and_out_of_order_timestamps_are_scored_by_nabs_rule(tmp_path: Path) -> None:
+    """NAB's sweeper, by hand: rows in file order; a window opens at the first row whose
+    timestamp equals its start and closes at the first later row equal to its end; its right
+    index and width come from the first occurrence of each limit; only the earliest detection
+    of a window pays; an FP after a window costs by distance from the row that closed it."""
+    labels = _messy_results(tmp_path)
+    cost = NAB_PROFILES["standard"]
+    stamps = np.array([_minute(m) for m in MESSY_MINUTES], dtype="datetime64[us]")
+    windows = read_windows(labels)["cat/messy.csv"]
+    layout = layout_file(stamps, windows)
+    # window 1: rows 4 (minute 5) .. 9 (minute 8), row 5 (minute 4) inside it as NAB has it;
+    # right index 9, width 9 - 4 + 1 = 6. Window 2: rows 13 .. 15, right 15, width 3.
+    assert [(s.first, s.last) for s in layout.spans] == [(4, 9), (13, 15)]
+    assert layout.probation == 3
+    max_tp = scaled_sigmoid(-1.0)
+    expected_tp = scaled_sigmoid(-(9 - 5 + 1) / 6.0) * cost.tp_weight / max_tp  # row 5, not row 7
+    expected_fp = [
+        -1.0 * cost.fp_weight,  # row 3: before any window, full cost
+        scaled_sigmoid(abs(9 - 11) / (6.0 - 1)) * cost.fp_weight,  # row 11, after window 1
+        scaled_sigmoid(abs(15 - 18) / (3.0 - 1)) * cost.fp_weight,  # row 18, after window 2
+    ]
+    expected_fn = [-cost.fn_weight]  # window 2 never detected
+    expected = expected_tp + sum(expected_fp) + sum(expected_fn)
+    scored = score_file(layout, MESSY_SCORES, 0.5, cost)
+    assert scored.score == pytest.approx(expected, abs=1e-12)
+    assert (scored.tp, scored.fp) == (2, 3)  # rows 5 and 7 are both in window 1
+    assert scored.row_scores[4] == pytest.approx(expected_tp)
+    assert scored.row_scores[13] == -cost.fn_weight
+    # the threshold sweep agrees with direct scoring at every candidate
+    curve = threshold_curve([(layout, MESSY_SCORES)], cost)
+    for threshold in (0.5, 0.65, 0.75, 0.85, 0.9):
+        direct = score_file(layout, MESSY_SCORES, threshold, cost).score
+        assert curve.at(threshold) == pytest.approx(direct, abs=1e-12)
+
+    # end to end: `vigil eval nab-score` on the file, at a given threshold
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(
+        json.dumps({"mine": {p: {"threshold": 0.5} for p in NAB_PROFILES}})
+    )
+    result = CliRunner().invoke(app, [
+        "nab-score", "--results", str(tmp_path / "results"), "--labels", str(labels),
+        "--detector", "mine", "--thresholds", str(thresholds), "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    standard = _last_json(result.stdout)["profiles"]["standard"]
+    assert standard["raw"] == pytest.approx(expected, abs=1e-6)
+    assert (standard["tp"], standard["fp"]) == (2, 3)
+    # null: both windows missed; perfect: both hit at their first row
+    assert standard["score"] == pytest.approx(100 * (expected + 2) / 4, abs=1e-4)
+
+
+def test_a_window_limit_missing_from_a_messy_file_is_a_clear_error() -> None:
+    stamps = np.array([_minute(m) for m in [0, 2, 1, 3]], dtype="datetime64[us]")
+    window = [(np.datetime64(_minute(1), "us"), np.datetime64("2020-01-01 00:02:30", "us"))]
+    with pytest.raises(ValueError, match="no row's timestamp"):
+        layout_file(stamps, window)

@@ -216,6 +216,53 @@ def test_vigil_runs_through_the_nab_runner_on_a_real_file(
     assert set(payload["scores"]) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
 
 
+def test_vigil_scores_a_real_file_with_repeated_and_out_of_order_rows(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """Rows stay in file order; each gets what the stream publishes for it: a repeated or late
+    row is dead-lettered and scores 0; rows out of order within one batch are reordered by the
+    processor and each keeps its own score. The file is scored with NAB's window matching."""
+    relative = "realTraffic/speed_7578.csv"
+    lines = (shared_data / "nab" / "data" / relative).read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    rows.insert(501, rows[500])  # a repeated timestamp (file rows 500 and 501)
+    rows[600], rows[601] = rows[601], rows[600]  # out of order within one batch of 256
+    late = rows.pop(300)
+    rows.insert(700, late)  # 400 rows late: beyond the batch, so dead-lettered
+    data = tmp_path / "data" / relative
+    data.parent.mkdir(parents=True)
+    data.write_text("\n".join([header, *rows]) + "\n")
+    labels = shared_data / "nab" / "labels" / "combined_windows.json"
+    run = run_corpus(
+        "vigil", tmp_path / "data", read_windows(labels), tmp_path / "out", workers=1,
+        progress=False,
+    )
+    scores = run.files[0].anomaly_scores
+    assert run.rows == len(rows) == 1128
+    stamps_s = np.array([r.split(",")[0] for r in rows], dtype="datetime64[us]")
+    values = np.array([float(r.split(",")[1]) for r in rows])
+    replay = ReplayHarness(detector_factories["vigil"]().harness.group).replay(
+        stamps_s.astype(np.int64) / 1e6, values
+    )
+    # rows are numbered after the pop/insert: the repeat is row 499 + 1, the late row is 700
+    assert replay.rejected == {500: "duplicate", 700: "late"}
+    assert scores[500] == 0.0 and scores[700] == 0.0
+    assert math.isfinite(replay.scores[599]) and math.isfinite(replay.scores[600])
+    np.testing.assert_allclose(scores, np.nan_to_num(replay.scores), rtol=0, atol=1e-12)
+
+    args = ["nab", "--data", str(tmp_path / "data"), "--labels", str(labels)]
+    args += ["--out", str(tmp_path / "cli"), "--workers", "1", "--no-progress", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    scored = ["nab-score", "--results", str(tmp_path / "cli"), "--labels", str(labels)]
+    scored += ["--detector", "vigil", "--json"]
+    again = CliRunner().invoke(app, scored)
+    assert again.exit_code == 0, again.output
+    first = json.loads(result.stdout.strip().splitlines()[-1])
+    second = json.loads(again.stdout.strip().splitlines()[-1])
+    assert first["scores"] == second["scores"]
+
+
 def test_vigil_forecaster_in_the_online_evaluation() -> None:
     n = 400
     values = seasonal(n, seed=5)

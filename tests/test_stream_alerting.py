@@ -37,8 +37,9 @@ def spiky(n: int, spike_at: int, base: float) -> list[float]:
 
 
 async def test_stream_alerts_reach_the_webhook_and_silences_hold_them(
-    settings: VigilSettings, tmp_path: Path
+    settings: VigilSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("VIGIL_WEB_TOKEN", "t0ken")  # the worker's writes need it (vigil.ui)
     async with WebhookReceiver(signing_key="s3cret") as receiver:
         configured = settings.model_copy(
             update={
@@ -64,7 +65,7 @@ async def test_stream_alerts_reach_the_webhook_and_silences_hold_them(
         worker = WorkerProcess(configured, tmp_path).start()
         try:
             await asyncio.to_thread(worker.wait_ready)
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(headers={"Authorization": "Bearer t0ken"}) as client:
                 response = await client.post(
                     f"{worker.url}/silences",
                     json={

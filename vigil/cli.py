@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from vigil import __version__
-from vigil.redaction import public_settings, scrub, settings_secrets
-from vigil.settings import VigilSettings, settings_or_exit
+from vigil.redaction import scrub
+from vigil.settings import VigilSettings, public_settings, settings_or_exit, settings_secrets
 
 app = typer.Typer(
     help="Vigil: streaming LSTM forecasting and anomaly alerts on Kafka and Redis.",
@@ -124,11 +124,20 @@ def demo(
     speedup: Annotated[float, typer.Option(help="replay speed-up; 0 = as fast as possible")] = 0.0,
     seconds: Annotated[float, typer.Option(help="stop after this long")] = 240.0,
     keep_up: Annotated[bool, typer.Option(help="leave Kafka and Redis running")] = True,
+    exit_after: Annotated[
+        bool,
+        typer.Option("--exit", help="stop after the replay instead of keeping the web UI up"),
+    ] = False,
 ) -> None:
-    """Start local services, replay the shipped sample through a worker, print results live."""
+    """Start local services, replay the shipped sample through a worker, print results live,
+    then keep the worker and its web UI (the address is printed) up until Ctrl-C."""
     from vigil.stream.demo import run_demo
 
-    sys.exit(run_demo(settings_or_exit(), speedup=speedup, seconds=seconds, keep_up=keep_up))
+    settings = settings_or_exit()
+    code = run_demo(
+        settings, speedup=speedup, seconds=seconds, keep_up=keep_up, exit_after_replay=exit_after
+    )
+    sys.exit(code)
 
 
 @app.command("settings")
@@ -153,7 +162,10 @@ def _register_subcommands() -> None:
     from vigil.bench.cli import app as bench_app
     from vigil.bench.eval_cli import app as eval_app
     from vigil.connectors.cli import app as connectors_app
+    from vigil.dlq import app as dlq_app
     from vigil.models.cli import app as models_app
+    from vigil.state_cli import app as state_app
+    from vigil.tail import tail
 
     app.add_typer(models_app, name="models")
     app.add_typer(bench_app, name="bench")
@@ -162,6 +174,9 @@ def _register_subcommands() -> None:
     app.add_typer(connectors_app, name="connect")
     app.add_typer(alerting_app, name="alerting")
     app.add_typer(alerts_app, name="alerts")
+    app.command("tail")(tail)
+    app.add_typer(state_app, name="state")
+    app.add_typer(dlq_app, name="dlq")
 
 
 _register_subcommands()

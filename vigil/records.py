@@ -135,6 +135,11 @@ class Prediction(BaseModel):
     )
     observed: float | None = None
     score: float = Field(ge=0.0, le=1.0)
+    score_parts: dict[str, float] | None = Field(
+        None,
+        description="each detector's own score in [0, 1] (`likelihood`: forecast residuals;"
+        " `novelty`: unseen value contexts); `score` fuses them by the group's detector.fusion",
+    )
     anomaly: bool
     group: str
     provenance: Provenance

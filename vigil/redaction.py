@@ -3,18 +3,15 @@
 Secret-bearing settings are the Redis URL's password, the SASL password, the webhook signing key
 and webhook URLs (their path and query often *are* the token, e.g. Slack's hooks). Masking is
 structural where the shape is known and, as a safety net, by value: every raw secret string is
-replaced wherever it still appears.
+replaced wherever it still appears. Strings only: what is secret in the settings is decided in
+:mod:`vigil.settings`, which imports this module (so this one never imports it back).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-if TYPE_CHECKING:
-    from vigil.settings import VigilSettings
 
 MASK = "***"
 # user:password@ in a URL or a bare host list (user may be empty: redis://:password@host)
@@ -55,39 +52,19 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     return mask_credentials(_HTTP_URL.sub(_origin_only, text))
 
 
+def userinfo_passwords(text: str) -> list[str]:
+    """Passwords of every ``user:password@`` in a URL or a bare host list."""
+    return [m["password"] for m in _USERINFO.finditer(text)]
+
+
 def url_secrets(url: str) -> list[str]:
     """The parts of a URL that are secret: its password, and for http(s) its path and query."""
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:
-        return [m["password"] for m in _USERINFO.finditer(url)]
+        return userinfo_passwords(url)
     found = [password] if password else []
     if parts.scheme in ("http", "https"):
         found += [p for p in (parts.path, parts.query, parts.fragment) if p not in ("", "/")]
     return found
-
-
-def settings_secrets(settings: VigilSettings) -> list[str]:
-    """Every raw secret string held by ``settings`` (for :func:`scrub`)."""
-    found: list[str] = []
-    for secret in (settings.kafka_sasl_password, settings.webhook_signing_key):
-        if secret is not None:
-            found.append(secret.get_secret_value())
-    for value in (settings.redis_url, settings.kafka_bootstrap):
-        if value:
-            found += [m["password"] for m in _USERINFO.finditer(value)]
-    for endpoint in settings.webhooks:
-        found += url_secrets(endpoint.url)
-    return found
-
-
-def public_settings(settings: VigilSettings) -> dict[str, Any]:
-    """The settings as JSON-ready data with every secret masked (``vigil settings``)."""
-    data = settings.model_dump(mode="json")  # SecretStr fields dump as "**********"
-    for name in ("redis_url", "kafka_bootstrap"):
-        if data.get(name):
-            data[name] = mask_credentials(data[name])
-    for endpoint in data.get("webhooks", []):
-        endpoint["url"] = mask_webhook_url(endpoint["url"])
-    return data

@@ -23,7 +23,6 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -38,7 +37,20 @@ from pydantic_settings import (
 )
 from pydantic_settings.exceptions import SettingsError
 
-from vigil.redaction import mask_credentials, mask_webhook_url, scrub, url_secrets
+# The models own their parameter schemas and ConfigError; re-exported so every other part
+# keeps importing them from here (``as`` marks them as re-exports for mypy).
+from vigil.models.config import BatchConfig as BatchConfig
+from vigil.models.config import ConfigError as ConfigError
+from vigil.models.config import ModelConfig as ModelConfig
+from vigil.models.config import StrictModel as StrictModel
+from vigil.models.config import TrainingConfig as TrainingConfig
+from vigil.redaction import (
+    mask_credentials,
+    mask_webhook_url,
+    scrub,
+    url_secrets,
+    userinfo_passwords,
+)
 
 ENV_PREFIX = "VIGIL_"
 CONFIG_FILE_VARIABLE = "VIGIL_CONFIG"
@@ -59,66 +71,6 @@ SECRET_VARIABLES = ("VIGIL_KAFKA_SASL_PASSWORD", "VIGIL_WEBHOOK_SIGNING_KEY")
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
-    """A setting has a value Vigil cannot run with; the message names the variable."""
-
-
-class StrictModel(BaseModel):
-    """A nested config: an unknown field (``"modle"``) is an error, not a silent default."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelConfig(StrictModel):
-    """Shape of one forecaster; stored with every registry version so weights can be rebuilt."""
-
-    cell: Literal["lstm", "peephole", "gru"] = "lstm"
-    input_size: int = Field(1, ge=1, description="values per event (1 = univariate)")
-    hidden_size: int = Field(64, ge=1, le=4096)
-    num_layers: int = Field(2, ge=1, le=8)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    window: int = Field(64, ge=2, le=4096, description="events per window in window mode")
-    horizon: int = Field(1, ge=1, le=256, description="steps ahead the model forecasts")
-    residual: bool = Field(
-        True,
-        description="forecast = last value + learned change; an untrained model is persistence",
-    )
-
-
-class TrainingConfig(StrictModel):
-    """Online fine-tuning: small guarded steps that never block inference."""
-
-    enabled: bool = True
-    learning_rate: float = Field(1e-3, gt=0, lt=1)
-    weight_decay: float = Field(1e-5, ge=0, lt=1)
-    grad_clip: float = Field(1.0, gt=0)
-    batch_size: int = Field(32, ge=1, le=4096)
-    replay_capacity: int = Field(4096, ge=16)
-    recent_fraction: float = Field(
-        0.5, ge=0, le=1, description="share of a batch from recent examples"
-    )
-    holdout_size: int = Field(
-        64, ge=4, description="recent examples held back for shadow evaluation"
-    )
-    steps_per_round: int = Field(20, ge=1)
-    min_examples: int = Field(128, ge=1, description="examples before the first round")
-    promote_margin: float = Field(
-        0.02, ge=0, lt=1, description="relative loss gain a candidate needs"
-    )
-    level_shift_readmit_after: int = Field(
-        50,
-        ge=0,
-        description="flagged events in a row after which a persistent shift may be learned",
-    )
-    cpu_share: float = Field(
-        0.25,
-        gt=0,
-        le=1,
-        description="share of wall time the trainer thread may compute; it rests the remainder "
-        "so inference keeps the CPU",
-    )
-
-
 class DetectorConfig(StrictModel):
     """Turns forecast residuals into a score in [0, 1] and incidents with hysteresis."""
 
@@ -129,6 +81,22 @@ class DetectorConfig(StrictModel):
     short_window: int = Field(10, ge=1)
     long_window: int = Field(500, ge=2)
     interval_alpha: float = Field(0.1, gt=0, lt=1, description="1 - nominal interval coverage")
+    fusion: Literal["likelihood", "novelty", "max", "corroborated"] = Field(
+        "likelihood",
+        description="how the published score fuses the detectors' parts: one part alone, their"
+        " max, or `corroborated` (the likelihood, capped just below `threshold` unless the"
+        " novelty detector also sees a new context)",
+    )
+    novelty_bins: int = Field(8, ge=1, le=64, description="value bins of the novelty detector")
+    novelty_orders: int = Field(
+        2, ge=0, le=8, description="novelty contexts: the last 1 .. orders + 1 bins"
+    )
+    novelty_capacity: int = Field(
+        4096, ge=64, le=1_000_000, description="contexts remembered per key (least recent go)"
+    )
+    novelty_rest_events: int = Field(
+        150, ge=0, description="events the novelty part stays 0 after a high novelty"
+    )
 
     @model_validator(mode="after")
     def _clear_below_open(self) -> DetectorConfig:
@@ -192,18 +160,12 @@ class TopicNames(StrictModel):
     model_versions: str = Field("vigil.model-versions", description="live-version announcements")
     drift: str = Field("vigil.drift", description="regime changes in forecast residuals")
     partitions: int = Field(4, ge=1, le=1024, description="partitions of topics Vigil creates")
-
-
-class BatchConfig(StrictModel):
-    """Batched inference: one forward pass for many keys."""
-
-    max_size: int = Field(256, ge=1, le=65536, description="windows per forward pass at most")
-    max_wait_ms: float = Field(
-        5.0, ge=0, le=10_000, description="longest wait to fill a batch (also the reorder buffer)"
-    )
-    latency_target_ms: float = Field(25.0, gt=0, description="batch sizing aims under this")
-    max_queue: int = Field(
-        1024, ge=1, description="events buffered per input topic before busy partitions pause"
+    replication_factor: int = Field(
+        1,
+        ge=1,
+        le=32,
+        description="replicas of topics Vigil (and Faust, for its internal topics) creates;"
+        " 3 on a production cluster",
     )
 
 
@@ -214,7 +176,7 @@ class StreamConfig(StrictModel):
 
     alert_stream_maxlen: int = Field(10_000, ge=10, description="alerts kept in the Redis stream")
     session_timeout_s: float = Field(
-        10.0, ge=3, le=300, description="how soon a dead worker's partitions move to the others"
+        10.0, ge=6, le=300, description="how soon a dead worker's partitions move to the others"
     )
     max_future_s: float = Field(
         86_400.0,
@@ -360,6 +322,12 @@ class VigilSettings(BaseSettings):
         1, ge=1, le=256, description="intra-op threads for torch; 1 leaves a core to the event loop"
     )
     web_port: int = Field(6066, ge=1, le=65535, description="worker web server: health, metrics")
+    web_host: str = Field(
+        "127.0.0.1", min_length=1, description="address the web server binds; 0.0.0.0 in containers"
+    )
+    web_token: SecretStr | None = Field(
+        None, description="bearer token for the web UI's write actions; unset = read-only"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     topics: TopicNames = Field(default_factory=TopicNames)
     batch: BatchConfig = Field(default_factory=BatchConfig)
@@ -558,6 +526,31 @@ def raw_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
     for url in re.findall(r"[a-z]+://[^\s\"']+", environ.get("VIGIL_WEBHOOKS", "")):
         found += url_secrets(url)
     return found
+
+
+def settings_secrets(settings: VigilSettings) -> list[str]:
+    """Every raw secret string held by ``settings`` (for :func:`~vigil.redaction.scrub`)."""
+    found: list[str] = []
+    for secret in (settings.kafka_sasl_password, settings.webhook_signing_key):
+        if secret is not None:
+            found.append(secret.get_secret_value())
+    for value in (settings.redis_url, settings.kafka_bootstrap):
+        if value:
+            found += userinfo_passwords(value)
+    for endpoint in settings.webhooks:
+        found += url_secrets(endpoint.url)
+    return found
+
+
+def public_settings(settings: VigilSettings) -> dict[str, Any]:
+    """The settings as JSON-ready data with every secret masked (``vigil settings``)."""
+    data = settings.model_dump(mode="json")  # SecretStr fields dump as "**********"
+    for name in ("redis_url", "kafka_bootstrap"):
+        if data.get(name):
+            data[name] = mask_credentials(data[name])
+    for endpoint in data.get("webhooks", []):
+        endpoint["url"] = mask_webhook_url(endpoint["url"])
+    return data
 
 
 def load_settings(**overrides: Any) -> VigilSettings:

@@ -141,8 +141,9 @@ def layout_file(
 ) -> FileLayout:
     """Map windows given by timestamps onto row indices (a row is in ``[start, end]`` inclusive)."""
     n_rows = len(timestamps)
-    if n_rows > 1 and bool(np.any(timestamps[1:] < timestamps[:-1])):
-        raise ValueError("timestamps must be sorted in increasing order")
+    if n_rows > 1 and not bool(np.all(timestamps[1:] > timestamps[:-1])):
+        # duplicated or out-of-order timestamps: match windows row by row, as NAB's sweeper does
+        return _layout_in_file_order(timestamps, windows, probation_percent)
     spans: list[WindowSpan] = []
     for start, end in sorted(windows, key=lambda w: w[0]):
         if end < start:
@@ -163,6 +164,85 @@ def layout_file(
         spans=tuple(spans),
         window_of_row=window_of_row,
         curve=_curve(n_rows, spans, window_of_row),
+    )
+
+
+def _layout_in_file_order(
+    timestamps: npt.NDArray[np.datetime64],
+    windows: Sequence[tuple[np.datetime64, np.datetime64]],
+    probation_percent: float,
+) -> FileLayout:
+    """NAB's ``Sweeper.calcSweepScore`` window matching, for files whose timestamps repeat or go
+    backwards: rows are walked in file order; the next window (by start) is entered at the first
+    row whose timestamp EQUALS its start and left after the first later row whose timestamp
+    equals its end. Its right index and width come from the FIRST occurrence of each limit in
+    the file (``timestamps.index``): inside, a row's position is ``-(right - i + 1) / width``;
+    after it, ``|exit_row - i| / (width - 1)``; before any window, the full FP cost.
+
+    NAB silently never enters a window whose start is not a row's timestamp (and then no later
+    window either) and crashes on an end that is not one; here both are a clear error. A start
+    met while still inside the previous window enters the new window, as in NAB.
+    """
+    n_rows = len(timestamps)
+    stamps = timestamps.astype("datetime64[us]").astype(np.int64).tolist()
+    first_row: dict[int, int] = {}
+    for i, ts in enumerate(stamps):
+        first_row.setdefault(ts, i)
+    pending = []
+    for start, end in sorted(windows, key=lambda w: w[0]):
+        if end < start:
+            raise ValueError(f"anomaly window ends before it starts: [{start}, {end}]")
+        limits = (int(np.datetime64(start, "us").astype(np.int64)),
+                  int(np.datetime64(end, "us").astype(np.int64)))  # fmt: skip
+        for name, limit in zip(("start", "end"), limits, strict=True):
+            if limit not in first_row:
+                raise ValueError(
+                    f"anomaly window [{start}, {end}]: its {name} is no row's timestamp; a file"
+                    " with repeated or out-of-order timestamps is matched as NAB does, by exact"
+                    " timestamps"
+                )
+        pending.append(limits)
+    window_of_row = np.full(n_rows, -1, dtype=np.int64)
+    positions = np.full(n_rows, np.inf)
+    spans: list[WindowSpan] = []
+    current: tuple[int, int, float] | None = None  # (end timestamp, right index, width)
+    previous: tuple[int, float] | None = None  # (exit row, width)
+    entered_at = 0
+    for i, ts in enumerate(stamps):
+        if pending and ts == pending[0][0]:
+            if current is not None:  # NAB enters the next window even from inside one
+                spans.append(WindowSpan(entered_at, i - 1))
+            start, end = pending.pop(0)
+            right = first_row[end]
+            current = (end, right, float(right - first_row[start] + 1))
+            entered_at = i
+        if current is not None:
+            window_of_row[i] = len(spans)
+            positions[i] = -(current[1] - i + 1) / current[2]
+        elif previous is not None:
+            # a one-row window: NAB divides by zero; position 2.0 as NAB's first version
+            width = previous[1] - 1
+            positions[i] = abs(previous[0] - i) / width if width != 0 else 2.0
+        if current is not None and ts == current[0]:
+            previous = (i, current[2])
+            spans.append(WindowSpan(entered_at, i))
+            current = None
+    if current is not None:  # the file ended inside a window
+        spans.append(WindowSpan(entered_at, n_rows - 1))
+    if pending:
+        missed = ", ".join(f"[{np.datetime64(s, 'us')}, {np.datetime64(e, 'us')}]"
+                           for s, e in pending)  # fmt: skip
+        raise ValueError(
+            f"anomaly window(s) {missed} never entered: in file order, no row with the start"
+            " timestamp comes after the previous window's start"
+        )
+    curve = np.fromiter((scaled_sigmoid(float(x)) for x in positions), np.float64, n_rows)
+    return FileLayout(
+        n_rows=n_rows,
+        probation=probation_length(n_rows, probation_percent),
+        spans=tuple(spans),
+        window_of_row=window_of_row,
+        curve=curve,
     )
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Vigil needs on a fresh Debian machine, and nothing twice:
-#   - redis-server and mosquitto from Debian (apt) when missing; Java 17+ and Maven are checked
+#   - redis-server, mosquitto and chromium from Debian (apt) when missing; Java 17+ and Maven
+#     are checked
 #   - a BASE virtual environment shared by every checkout (VIGIL_BASE_VENV, default
 #     ~/.cache/vigil/venv) holding Vigil's dependencies only, so torch (~3.5 GB with its CUDA
 #     wheels) is downloaded and installed once; pip's cache does the rest
@@ -21,6 +22,8 @@ if ! command -v redis-server >/dev/null 2>&1 && [ -z "${VIGIL_REDIS_URL:-}" ]; t
   missing+=(redis-server)
 fi
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+# the browser tests of the web UI (tests/test_web_ui.py) drive Debian's chromium with Playwright
+[ -x /usr/bin/chromium ] || missing+=(chromium chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
   say "installing ${missing[*]} (Debian packages)"
   as_root apt-get update -qq && as_root apt-get install -y -qq "${missing[@]}" >/dev/null

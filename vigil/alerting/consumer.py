@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 
 from vigil.alerting.dispatcher import AlertDispatcher
 from vigil.connectors.producer import RecordProducer, kafka_client_options
+from vigil.outage import QuietFailures
 from vigil.records import Alert
 from vigil.settings import VigilSettings
 
@@ -93,23 +94,27 @@ class AlertsConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; a failing batch is retried from its first record."""
+        fetching = QuietFailures(log, "alerts consumer: fetch")
+        accepting = QuietFailures(log, "alerts consumer: batch")
         while not stop.is_set():
             try:
                 batches = await self._consumer.getmany(timeout_ms=200, max_records=500)
             except KafkaError as exc:  # the client reconnects by itself; keep asking
-                log.warning("alerts consumer: fetch failed (%s); retrying", exc)
+                fetching.failed(exc)
                 await _sleep_unless(stop, RETRY_PAUSE_S)
                 continue
+            fetching.succeeded()
             if not batches:
                 continue
             try:
                 await self.accept_batch(list(batches.values()))
-            except Exception:
-                log.exception("alerts consumer: batch failed; reading it again")
+            except Exception as exc:
+                accepting.failed(exc)  # read it again: accepting is idempotent
                 for tp, messages in batches.items():
                     self._consumer.seek(tp, messages[0].offset)
                 await _sleep_unless(stop, RETRY_PAUSE_S)
                 continue
+            accepting.succeeded()
             try:
                 await self._consumer.commit()
             except CommitFailedError as exc:  # rebalanced: the replay is deduplicated

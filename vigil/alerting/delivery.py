@@ -41,6 +41,7 @@ from vigil.alerting.circuit import CircuitBreaker, RetryBudget, full_jitter_back
 from vigil.alerting.delivery_queue import DeliveryQueue, DeliveryRecord
 from vigil.alerting.payloads import endpoint_id, endpoint_label, endpoint_wants
 from vigil.alerting.signing import SIGNATURE_HEADER, sign
+from vigil.outage import QuietFailures
 from vigil.records import Alert
 from vigil.settings import WebhookEndpoint
 
@@ -95,6 +96,7 @@ class WebhookDelivery:
         self.queue = queue
         self.id = endpoint_id(endpoint)
         self.name = endpoint_label(endpoint)
+        self._pump_failures = QuietFailures(log, f"webhook {self.name}")
         self.breaker = CircuitBreaker(endpoint.failure_threshold, endpoint.cooldown_s)
         self.budget = RetryBudget(endpoint.retries_per_minute)
         self.max_age_s = max_age_s if max_age_s is not None else retry_window_s(endpoint)
@@ -158,9 +160,11 @@ class WebhookDelivery:
                 due = await self.queue.next_due(self.id)
                 if due is not None:
                     timeout = min(timeout, max(0.001, due - time.time()))
-            except Exception:  # Redis hiccup: keep the loop, try again after a pause
-                log.exception("webhook %s: pump error", self.name)
+            except Exception as exc:  # Redis hiccup: keep the loop, try again after a pause
+                self._pump_failures.failed(exc)
                 timeout = self._poll_s
+            else:
+                self._pump_failures.succeeded()
             if self._stopping:
                 break
             self._wake.clear()
@@ -215,8 +219,8 @@ class WebhookDelivery:
             reported = await self._attempt_once(delivery_id, probe=probe)
         except asyncio.CancelledError:
             raise
-        except Exception:  # left leased: due again when the lease ends
-            log.exception("webhook %s: delivery %s failed unexpectedly", self.name, delivery_id)
+        except Exception as exc:  # left leased: due again when the lease ends
+            self._pump_failures.failed(exc)
         finally:
             if not reported:
                 self.breaker.release()

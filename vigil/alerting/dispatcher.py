@@ -22,6 +22,7 @@ from vigil.alerting.payloads import render_body
 from vigil.alerting.routing import Notification, route
 from vigil.alerting.silences import SilenceStore
 from vigil.connectors.producer import RecordProducer
+from vigil.outage import QuietFailures
 from vigil.records import Alert
 from vigil.settings import VigilSettings
 
@@ -38,6 +39,7 @@ class AlertDispatcher:
     ) -> None:
         self.settings = settings
         self.redis = redis
+        self._flush_failures = QuietFailures(log, "alert grouping")
         config = settings.alerting
         self.log = AlertLog(redis, settings.app_id, maxlen=settings.stream.alert_stream_maxlen)
         self.buffer = AlertGroupBuffer(redis, settings.app_id, config, log=self.log)
@@ -117,8 +119,10 @@ class AlertDispatcher:
                 due = await self.buffer.next_due()
                 if due is not None:
                     timeout = min(poll, max(0.001, due - time.time()))
-            except Exception:
-                log.exception("alert grouping: flush failed; retrying")
+            except Exception as exc:
+                self._flush_failures.failed(exc)
+            else:
+                self._flush_failures.succeeded()
             if self._stopping:
                 break
             self._wake.clear()

@@ -17,15 +17,22 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from vigil.records import Alert
 from vigil.settings import AlertMatcher, InhibitRule
 
-if TYPE_CHECKING:
-    from vigil.alerting.silences import Silence
-
 GroupField = Literal["key", "group", "severity"]
+
+
+class Mute(Protocol):
+    """What :func:`route` needs of a silence (:class:`~.silences.Silence` is one); a protocol
+    so routing does not import the silence store, which imports :func:`matches` from here."""
+
+    @property
+    def id(self) -> str: ...
+
+    def mutes(self, alert: Alert, now: float) -> bool: ...
 
 
 def alert_identity(alert: Alert) -> str:
@@ -84,7 +91,7 @@ class RoutingDecision:
 
 
 def route(
-    alerts: Sequence[Alert], *, now: float, silences: Sequence[Silence], firing: Sequence[Alert],
+    alerts: Sequence[Alert], *, now: float, silences: Sequence[Mute], firing: Sequence[Alert],
     rules: Sequence[InhibitRule], firing_suppressed: set[str],
 ) -> RoutingDecision:  # fmt: skip
     """Which alerts of a notification go out. ``firing_suppressed``: ids whose firing was muted."""

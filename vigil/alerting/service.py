@@ -42,13 +42,14 @@ class AlertingService(faust.Service):
         self._task = asyncio.create_task(self._run(consumer), name="vigil-alerting")
 
     async def _run(self, consumer: AlertsConsumer) -> None:
-        try:
-            await consumer.run(self._stop)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the stream keeps running; its alerts wait in the topic
-            log.exception("alerting: the alerts consumer stopped")
-            raise
+        while not self._stop.is_set():
+            try:
+                await consumer.run(self._stop)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the stream keeps running; its alerts wait in the topic
+                log.exception("alerting: the alerts consumer failed; resuming in 1 s")
+                await asyncio.sleep(1.0)  # what it accepted is in Redis; re-reads are deduplicated
 
     async def on_stop(self) -> None:
         self._stop.set()

@@ -164,3 +164,29 @@ class FaultTolerance:
         except TimeoutError:
             return
         raise Abandoned("shutting down")
+
+
+class QuietFailures:
+    """A background loop's log: an infrastructure fault once when it starts and once when it
+    ends (no traceback per retry), anything else with its traceback every time."""
+
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self.logger = logger
+        self.what = what
+        self.since: float | None = None
+
+    def failed(self, exc: BaseException) -> None:
+        service = fault_service(exc)
+        if service is None:
+            self.logger.error("%s failed; retrying", self.what, exc_info=exc)
+        elif self.since is None:
+            self.since = time.monotonic()
+            self.logger.warning("%s: %s is unreachable (%s: %s); retrying until it is back",
+                                self.what, service, type(exc).__name__, str(exc)[:200])  # fmt: skip
+
+    def succeeded(self) -> None:
+        if self.since is not None:
+            self.logger.warning(
+                "%s: resumed after %.1f s", self.what, time.monotonic() - self.since
+            )
+            self.since = None

@@ -1,0 +1,84 @@
+"""The models' own parameter schemas: pure pydantic, no environment reading.
+
+They live here, not in ``vigil.settings``, so the maths depends on nothing above it; the settings
+import and re-export them and decide where the values come from (variables, a TOML file).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ConfigError(ValueError):
+    """A setting has a value Vigil cannot run with; the message names the variable."""
+
+
+class StrictModel(BaseModel):
+    """A nested config: an unknown field (``"modle"``) is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(StrictModel):
+    """Shape of one forecaster; stored with every registry version so weights can be rebuilt."""
+
+    cell: Literal["lstm", "peephole", "gru"] = "lstm"
+    input_size: int = Field(1, ge=1, description="values per event (1 = univariate)")
+    hidden_size: int = Field(64, ge=1, le=4096)
+    num_layers: int = Field(2, ge=1, le=8)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    window: int = Field(64, ge=2, le=4096, description="events per window in window mode")
+    horizon: int = Field(1, ge=1, le=256, description="steps ahead the model forecasts")
+    residual: bool = Field(
+        True,
+        description="forecast = last value + learned change; an untrained model is persistence",
+    )
+
+
+class TrainingConfig(StrictModel):
+    """Online fine-tuning: small guarded steps that never block inference."""
+
+    enabled: bool = True
+    learning_rate: float = Field(1e-3, gt=0, lt=1)
+    weight_decay: float = Field(1e-5, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    batch_size: int = Field(32, ge=1, le=4096)
+    replay_capacity: int = Field(4096, ge=16)
+    recent_fraction: float = Field(
+        0.5, ge=0, le=1, description="share of a batch from recent examples"
+    )
+    holdout_size: int = Field(
+        64, ge=4, description="recent examples held back for shadow evaluation"
+    )
+    steps_per_round: int = Field(20, ge=1)
+    min_examples: int = Field(128, ge=1, description="examples before the first round")
+    promote_margin: float = Field(
+        0.02, ge=0, lt=1, description="relative loss gain a candidate needs"
+    )
+    level_shift_readmit_after: int = Field(
+        50,
+        ge=0,
+        description="flagged events in a row after which a persistent shift may be learned",
+    )
+    cpu_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="share of wall time the trainer thread may compute; it rests the remainder "
+        "so inference keeps the CPU",
+    )
+
+
+class BatchConfig(StrictModel):
+    """Batched inference: one forward pass for many keys."""
+
+    max_size: int = Field(256, ge=1, le=65536, description="windows per forward pass at most")
+    max_wait_ms: float = Field(
+        5.0, ge=0, le=10_000, description="longest wait to fill a batch (also the reorder buffer)"
+    )
+    latency_target_ms: float = Field(25.0, gt=0, description="batch sizing aims under this")
+    max_queue: int = Field(
+        1024, ge=1, description="events buffered per input topic before busy partitions pause"
+    )
