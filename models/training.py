@@ -374,6 +374,13 @@ class OnlineTrainer:
             if thread.is_alive():
                 log.warning("group %s: trainer thread did not stop in %.0fs", self.group, timeout)
 
+    def set_cpu_share(self, share: float) -> None:
+        """Lower (or restore) the trainer's share while the worker is busy; at most the
+        configured ``cpu_share``."""
+        budget = getattr(self, "budget", None)
+        if budget is not None:
+            budget.share = min(self.config.cpu_share, max(1e-3, share))
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -386,7 +393,7 @@ class OnlineTrainer:
 
     def _run(self) -> None:
         torch.set_num_threads(self._threads)
-        budget = CpuBudget(self.config.cpu_share, self._stop.wait)
+        budget = self.budget = CpuBudget(self.config.cpu_share, self._stop.wait)
         last_round = -math.inf
         while not self._stop.is_set():
             self._wake.wait(self.idle_check_s)

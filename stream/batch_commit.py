@@ -36,7 +36,8 @@ from vigil.stream.state_store import StateStore
 
 log = logging.getLogger("vigil.commit")
 
-Send = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
+# the records' deliveries, one awaitable each; ``separately``: one record per Kafka batch
+Send = Callable[[Sequence[OutputRecord], bool], Awaitable[list[Awaitable[Any]]]]
 Ack = Callable[[Sequence[Any]], None]
 
 
@@ -71,12 +72,16 @@ class BatchCommit:
         self._count(batch, delivered)
 
     async def deliver(self, records: Sequence[OutputRecord]) -> None:
-        """Every record acknowledged, or (refused for good) replaced by a dead letter."""
+        """Every record acknowledged, or (refused for good) replaced by a dead letter.
+
+        Records go in Kafka batches; a batch the broker refuses is sent again one record per
+        batch, so only the record it refuses alone is replaced."""
         pending = list(records)
         delay = 0.1
         while pending:
-            results = await self._send_all(pending)
+            results = await self._send_all(pending, False)
             retry: list[OutputRecord] = []
+            suspects: list[OutputRecord] = []
             outage: BaseException | None = None
             for record, result in zip(pending, results, strict=True):
                 if not isinstance(result, BaseException):
@@ -85,9 +90,18 @@ class BatchCommit:
                     retry.append(record)
                     outage = result
                     continue
-                replacement = self._refused(record, result)
-                if replacement is not None:
-                    retry.append(replacement)
+                suspects.append(record)
+            if suspects:  # refused in a batch: find the one record the broker will not take
+                results = await self._send_all(suspects, True)
+                for record, result in zip(suspects, results, strict=True):
+                    if isinstance(result, BaseException):
+                        if fault_service(result) is not None:
+                            retry.append(record)
+                            outage = result
+                        else:
+                            replacement = self._refused(record, result)
+                            if replacement is not None:
+                                retry.append(replacement)
             if outage is not None:
                 watch = self.faults.watches["kafka"]
                 watch.failed(outage)
@@ -97,14 +111,12 @@ class BatchCommit:
                 self.faults.succeeded("kafka")
             pending = retry
 
-    async def _send_all(self, records: Sequence[OutputRecord]) -> list[Any]:
-        futures: list[Any] = []
-        for record in records:
-            try:
-                futures.append(await self.send(record.topic, record.key, record.value))
-            except Exception as exc:  # refused before it was queued (e.g. too large)
-                futures.append(_failed(exc))
-        return await asyncio.gather(*futures, return_exceptions=True)
+    async def _send_all(self, records: Sequence[OutputRecord], separately: bool) -> list[Any]:
+        try:
+            deliveries = await self.send(records, separately)
+        except Exception as exc:  # e.g. no metadata: the broker is away
+            return [exc] * len(records)
+        return await asyncio.gather(*deliveries, return_exceptions=True)
 
     def _refused(self, record: OutputRecord, exc: BaseException) -> OutputRecord | None:
         """What to send instead of a record the broker will never take."""
@@ -149,7 +161,3 @@ class BatchCommit:
                 m.alerts.labels(group, alert.severity).inc()
             if output.drift:
                 m.drift_events.labels(group).inc(len(output.drift))
-
-
-async def _failed(exc: BaseException) -> Any:
-    raise exc

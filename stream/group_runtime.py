@@ -94,7 +94,7 @@ class GroupRuntime:
         self.scheduler = BatchScheduler(
             self.engine,
             batch,
-            window_shape=(model_config.window, model_config.input_size),
+            window_shape=(model_config.window, model_config.features),
             on_batch=self._on_batch,
             name=self.group.name,
         )
@@ -196,6 +196,11 @@ class GroupRuntime:
         if steps > self._steps_reported:
             self.metrics.training_steps.labels(self.group.name).inc(steps - self._steps_reported)
             self._steps_reported = steps
+
+    def set_training_share(self, share_of_ceiling: Callable[[float], float]) -> None:
+        """Let the worker's headroom set the trainer's CPU share (its setting is the ceiling)."""
+        if self.trainer is not None:
+            self.trainer.set_cpu_share(share_of_ceiling(self.group.training.cpu_share))
 
     def _on_promote(self, candidate: nn.Module, metrics: dict[str, Any]) -> None:
         """Trainer thread: register the winner, make it live, serve it, tell the other workers."""

@@ -78,6 +78,7 @@ class Intake:
         self.metrics = metrics
         self.arrivals: dict[tuple[str, int, int], float] = {}  # inside the worker, by offset
         self.committing: set[asyncio.Task[None]] = set()  # batches waiting for Kafka and Redis
+        self.committed_events = 0  # events whose batch committed, in all (for the rate)
         batch = settings.batch
         self.limit = InWorkerLimit(
             batch.latency_target_ms / 1000,
@@ -135,6 +136,7 @@ class Intake:
                 await self.app.crash(exc)
                 return
             self._observe_in_worker(batch.events)
+            self.committed_events += len(batch.events)
             self.metrics.handled_events.observe(len(batch.events))
             self.limit.record(len(batch.events), batch.stage.total("handle"))
             self._open_room()

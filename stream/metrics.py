@@ -97,6 +97,24 @@ class VigilMetrics:
             ["service"],
             registry=r,
         )
+        self.loop_busy = Gauge(
+            "vigil_event_loop_busy_ratio",
+            "CPU seconds of the event loop's thread per wall second (smoothed): utilisation",
+            registry=r,
+        )
+        self.sustainable_rate = Gauge(
+            "vigil_sustainable_events_per_second",
+            "Events per second this worker would handle with its event loop fully busy (handled"
+            " rate / busy ratio): size clusters and autoscaling from it",
+            registry=r,
+        )
+        self.training_share = Gauge(
+            "vigil_training_cpu_share",
+            "The trainer's current CPU share: its setting while the loop has room, less as the"
+            " loop fills",
+            ["group"],
+            registry=r,
+        )
         self.keys_in_memory = Gauge(
             "vigil_keys_in_memory", "Per-key states held in worker memory", ["group"], registry=r
         )

@@ -27,9 +27,11 @@ from vigil.settings import VigilSettings
 from vigil.stream.batch_commit import BatchCommit
 from vigil.stream.batch_handler import BatchHandler
 from vigil.stream.group_runtime import GroupRuntime
+from vigil.stream.headroom import LoopHeadroom
 from vigil.stream.intake import Intake
 from vigil.stream.key_cache import KeyStateCache
 from vigil.stream.metrics import VigilMetrics
+from vigil.stream.output_producer import OutputProducer
 from vigil.stream.state_store import StateStore
 from vigil.stream.web import add_pages
 
@@ -110,13 +112,13 @@ class VigilStream:
         self.handler = BatchHandler(
             settings, self.groups, self.keys, self.store, self.faults, self.metrics
         )
-        self._topics: dict[str, faust.TopicT] = {}
+        self.outputs = OutputProducer(settings)
         self.intake = Intake(
             self.app,
             settings,
             self.handler,
             lambda ack: BatchCommit(
-                self._send,
+                self.outputs.send,
                 self.store,
                 self.faults,
                 self.metrics,
@@ -132,15 +134,11 @@ class VigilStream:
             self.app.service(alerting_service(settings))  # type: ignore[arg-type]
         self.app.task(self._watch_loop_lag)
         self.app.timer(5.0)(self._measure_consumer_lag)
+        self.headroom = LoopHeadroom()
+        self.app.timer(1.0)(self._measure_headroom)
         add_pages(
             self.app, settings, self.metrics, self.store, self.redis, self.readiness, self.keys
         )
-
-    async def _send(self, topic: str, key: bytes | None, value: bytes) -> Any:
-        channel = self._topics.get(topic)
-        if channel is None:
-            channel = self._topics[topic] = self.app.topic(topic)
-        return await channel.send(key=key, value=value)
 
     async def announce(self, announcement: ModelAnnouncement) -> None:
         await self.model_versions.send(
@@ -193,6 +191,19 @@ class VigilStream:
             self.metrics.loop_lag.set(lag)
             self.metrics.loop_lag_max.set(max(v for _, v in worst))
 
+    async def _measure_headroom(self) -> None:
+        """Utilisation, the sustainable rate, and the trainers' CPU shares that follow from it."""
+        seen = self.headroom.sample(self.intake.committed_events)
+        self.metrics.loop_busy.set(seen.busy)
+        if seen.sustainable_per_s is not None:
+            self.metrics.sustainable_rate.set(seen.sustainable_per_s)
+        for name, runtime in self.groups.items():
+            runtime.set_training_share(seen.training_share)
+            if runtime.trainer is not None:
+                self.metrics.training_share.labels(name).set(
+                    seen.training_share(runtime.group.training.cpu_share)
+                )
+
     async def _measure_consumer_lag(self) -> None:
         consumer = self.app.consumer
         assigned = consumer.assignment()
@@ -222,6 +233,7 @@ class _GroupServices(faust.Service):
 
     async def on_start(self) -> None:
         repeat_filter.install()  # logging is set up by now: an outage logs lines, not floods
+        await self.stream.outputs.start()
         for runtime in self.stream.groups.values():
             await runtime.start()
 
@@ -229,4 +241,5 @@ class _GroupServices(faust.Service):
         self.stream.faults.abandon.set()  # outage retries give up: their events stay unacked
         for runtime in self.stream.groups.values():
             await runtime.stop()
+        await self.stream.outputs.stop()
         await self.stream.redis.aclose()
