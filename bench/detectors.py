@@ -83,9 +83,10 @@ def register_forecaster(name: str, factory: ForecasterFactory) -> None:
 
 
 def _vigil_detector(
-    fusion: str | None = None, seed: int = 0, train: bool = True
+    fusion: str | None = None, seed: int = 0, train: bool = True, calendar: str | None = None
 ) -> Callable[[], OnlineDetector]:
-    """Vigil as configured for NAB (``nab_group``), optionally with another fusion rule."""
+    """Vigil as configured for NAB (``nab_group``), optionally with another fusion rule or
+    calendar setting."""
 
     def build() -> OnlineDetector:
         from vigil.bench.replay_harness import VigilDetector, nab_group  # torch loads lazily
@@ -94,15 +95,18 @@ def _vigil_detector(
         if fusion is not None:
             detector = group.detector.model_copy(update={"fusion": fusion})
             group = group.model_copy(update={"detector": detector})
+        if calendar is not None:
+            model = group.model.model_copy(update={"calendar": calendar})
+            group = group.model_copy(update={"model": model})
         return VigilDetector(group, seed=seed, train=train)
 
     return build
 
 
-def _vigil_forecaster(setup: ForecastSetup) -> OnlineForecaster:
-    from vigil.bench.replay_harness import VigilForecaster
+def _vigil_forecaster(setup: ForecastSetup, calendar: str = "auto") -> OnlineForecaster:
+    from vigil.bench.replay_harness import VigilForecaster, forecast_group
 
-    return VigilForecaster(horizon=setup.horizon)
+    return VigilForecaster(setup.horizon, forecast_group(setup.horizon, calendar))
 
 
 def _seasonal_naive(setup: ForecastSetup) -> OnlineForecaster | None:
@@ -120,6 +124,12 @@ for _seed in (0, 1, 2):
         register_detector(f"vigil{_suffix}", _vigil_detector(seed=_seed))
     for _rule in ("likelihood", "novelty", "max", "corroborated"):
         register_detector(f"vigil-{_rule}{_suffix}", _vigil_detector(_rule, _seed))
+    # with the calendar inputs (ModelConfig.calendar "auto")
+    register_detector(f"vigil-calendar{_suffix}", _vigil_detector(seed=_seed, calendar="auto"))
+    register_detector(
+        f"vigil-calendar-corroborated{_suffix}",
+        _vigil_detector("corroborated", _seed, calendar="auto"),
+    )
 # the novelty part does not depend on the model: no training needed to measure it alone
 register_detector("vigil-novelty-untrained", _vigil_detector("novelty", train=False))
 register_detector("windowed-gaussian", WindowedGaussian)
@@ -128,6 +138,7 @@ register_detector("persistence-residual", lambda: ForecastResidualDetector(Persi
 register_detector("river-lags-residual", lambda: ForecastResidualDetector(RiverLinearLags()))
 
 register_forecaster("vigil", _vigil_forecaster)
+register_forecaster("vigil-no-calendar", lambda setup: _vigil_forecaster(setup, "off"))
 register_forecaster("persistence", lambda setup: Persistence(horizon=setup.horizon))
 register_forecaster("seasonal-naive", _seasonal_naive)
 register_forecaster("river-linear-lags", lambda setup: RiverLinearLags(horizon=setup.horizon))

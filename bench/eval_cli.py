@@ -272,12 +272,16 @@ def forecast(
             if values.size <= horizon + 1:
                 raise ValueError(f"{path}: {values.size} values, too few for horizon {horizon}")
             period = (season or None) if season is not None else detect_season(values)
+            seconds = None
+            if stamps is not None:  # the forecasters that use time see each value's own
+                seconds = parse_timestamps(stamps).astype("datetime64[us]").astype(np.int64) / 1e6
             evaluation = evaluate_series(
                 str(path),
                 values,
                 build_forecasters(ForecastSetup(horizon, period), names),
                 horizon,
                 period,
+                timestamps=seconds,
             )
             evaluations.append(evaluation)
             plot_inputs.append((path, stamps))

@@ -140,9 +140,23 @@ def _per_step(bound: float | Sequence[float], horizon: int) -> FloatArray:
     return values
 
 
-def run_online(model: OnlineForecaster, values: npt.ArrayLike, horizon: int) -> ForecastTrace:
-    """Predict-then-learn over ``values``; the model never sees ``y[t]`` before forecasting it."""
+def run_online(
+    model: OnlineForecaster,
+    values: npt.ArrayLike,
+    horizon: int,
+    timestamps: npt.ArrayLike | None = None,
+) -> ForecastTrace:
+    """Predict-then-learn over ``values``; the model never sees ``y[t]`` before forecasting it.
+
+    With ``timestamps`` (epoch seconds), a model that has ``set_next_timestamp(ts)`` is told
+    each value's time just before it learns the value (Vigil's forecaster then sees the real
+    clock, as the stream does: the calendar inputs come from event timestamps).
+    """
     series = np.asarray(values, dtype=np.float64)
+    stamps = None if timestamps is None else np.asarray(timestamps, dtype=np.float64).tolist()
+    if stamps is not None and len(stamps) != series.size:
+        raise ValueError(f"{len(stamps)} timestamps for {series.size} values")
+    tell = getattr(model, "set_next_timestamp", None) if stamps is not None else None
     n = series.size
     forecasts = np.full((n, horizon), np.nan)
     interval = getattr(model, "interval_one", None)
@@ -159,6 +173,8 @@ def run_online(model: OnlineForecaster, values: npt.ArrayLike, horizon: int) -> 
             low, high = interval()
             lower[t] = _per_step(low, horizon)
             upper[t] = _per_step(high, horizon)
+        if tell is not None and stamps is not None:
+            tell(stamps[t])
         model.learn_one(value)
     return ForecastTrace(forecasts, lower, upper)
 
@@ -198,6 +214,7 @@ def evaluate_series(
     horizon: int,
     season: int | None = None,
     steps: Sequence[int] | None = None,
+    timestamps: npt.ArrayLike | None = None,
 ) -> SeriesEvaluation:
     """Run every model online over ``values``; score steps 1 and ``horizon`` (or ``steps``)."""
     if horizon < 1:
@@ -207,7 +224,8 @@ def evaluate_series(
     if any(not 1 <= k <= horizon for k in wanted):
         raise ValueError(f"steps must lie in 1..{horizon}")
     traces = {
-        model_name: run_online(model, series, horizon) for model_name, model in models.items()
+        model_name: run_online(model, series, horizon, timestamps)
+        for model_name, model in models.items()
     }
     metrics: dict[str, dict[int, ForecastMetrics]] = {model_name: {} for model_name in models}
     for k in wanted:

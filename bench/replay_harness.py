@@ -314,18 +314,31 @@ def nab_group() -> ModelGroup:
     return ModelGroup.model_validate(
         {
             "name": "nab",
-            "model": {"window": 32, "hidden_size": 32, "num_layers": 1, "horizon": 1},
+            "model": {
+                "window": 32,
+                "hidden_size": 32,
+                "num_layers": 1,
+                "horizon": 1,
+                "calendar": "off",
+            },
             "detector": {"short_window": 30, "long_window": 2000},
         }
     )
 
 
-def forecast_group(horizon: int) -> ModelGroup:
-    """The group config ``vigil eval forecast`` runs Vigil's forecaster with."""
+def forecast_group(horizon: int, calendar: str = "auto") -> ModelGroup:
+    """The group config ``vigil eval forecast`` runs Vigil's forecaster with (``calendar``: the
+    model's calendar inputs, see ``ModelConfig.calendar``)."""
     return ModelGroup.model_validate(
         {
             "name": "forecast",
-            "model": {"window": 64, "hidden_size": 32, "num_layers": 1, "horizon": horizon},
+            "model": {
+                "window": 64,
+                "hidden_size": 32,
+                "num_layers": 1,
+                "horizon": horizon,
+                "calendar": calendar,
+            },
             "training": {"learning_rate": 0.003},
         }
     )
@@ -382,6 +395,10 @@ class VigilForecaster:
 
     def interval_one(self) -> tuple[list[float], list[float]]:
         return list(self._lower), list(self._upper)
+
+    def set_next_timestamp(self, ts: float) -> None:
+        """The time of the next value learned (epoch seconds); otherwise one-second steps."""
+        self._next_ts = float(ts)
 
     def learn_one(self, value: float) -> None:
         result = self.harness.replay([self._next_ts], [value])

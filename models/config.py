@@ -35,6 +35,17 @@ class ModelConfig(StrictModel):
         True,
         description="forecast = last value + learned change; an untrained model is persistence",
     )
+    calendar: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="time of day and day of week (sin/cos of each event's timestamp) as 4 extra"
+        " inputs: `on`; `auto`: fed while a key's timestamps are regular, zeros otherwise;"
+        " `off`: no such inputs",
+    )
+
+    @property
+    def features(self) -> int:
+        """Inputs per row the network takes: the values, then the calendar context if any."""
+        return self.input_size + (4 if self.calendar != "off" else 0)
 
 
 class TrainingConfig(StrictModel):

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from vigil.models.cells import CELLS, RecurrentCell, State
+from vigil.models.calendar import CALENDAR_FEATURES
 from vigil.models.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class Forecaster(nn.Module):
         super().__init__()
         self.config = config.model_copy()
         cell_type = CELLS[config.cell]
-        sizes = [config.input_size] + [config.hidden_size] * config.num_layers
+        sizes = [config.features] + [config.hidden_size] * config.num_layers
         self.layers = nn.ModuleList(
             cell_type(sizes[i], config.hidden_size) for i in range(config.num_layers)
         )
@@ -84,7 +85,7 @@ class Forecaster(nn.Module):
 
     def unroll(self, windows: Tensor, state: State | None) -> tuple[Tensor, State]:
         """Run ``[B, T, F]`` from ``state`` (zero when None); forecast after the last step."""
-        self._check_input(windows, 3)
+        windows = self._adapt(windows, 3)
         if state is None:
             state = self.initial_state(windows.shape[0], windows.device)
         layer_input = windows
@@ -108,7 +109,7 @@ class Forecaster(nn.Module):
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """One event per key: ``x [B, F]`` → ``(forecast [B, H, F], new state)``."""
-        self._check_input(x, 2)
+        x = self._adapt(x, 2)
         layer_input = x
         finals: list[State] = []
         for index, cell in enumerate(self.cells):
@@ -220,14 +221,27 @@ class Forecaster(nn.Module):
     def _forecast(self, last_hidden: Tensor, last_input: Tensor) -> Tensor:
         out = self.head(last_hidden)
         out = out.view(last_hidden.shape[0], self.config.horizon, self.config.input_size)
-        return out + last_input.unsqueeze(1) if self.config.residual else out
+        if not self.config.residual:
+            return out
+        return out + last_input[..., : self.config.input_size].unsqueeze(1)
 
-    def _check_input(self, tensor: Tensor, ndim: int) -> None:
-        if tensor.ndim != ndim or tensor.shape[-1] != self.config.input_size:
+    def _adapt(self, tensor: Tensor, ndim: int) -> Tensor:
+        """Inputs with or without the calendar columns, as this model takes them: a model with
+        calendar inputs reads absent ones as zeros (no context), one without ignores them."""
+        values, features = self.config.input_size, self.config.features
+        width = tensor.shape[-1] if tensor.ndim else -1
+        if tensor.ndim != ndim or width not in (values, values + CALENDAR_FEATURES):
             expected = "[B, T, F]" if ndim == 3 else "[B, F]"
             raise ValueError(
-                f"expected {expected} with F={self.config.input_size}, got {tuple(tensor.shape)}"
+                f"expected {expected} with F={values} (or {values + CALENDAR_FEATURES} with the"
+                f" calendar inputs), got {tuple(tensor.shape)}"
             )
+        if width == features:
+            return tensor
+        if width > features:
+            return tensor[..., :features]
+        padding = tensor.new_zeros((*tensor.shape[:-1], features - width))
+        return torch.cat([tensor, padding], dim=-1)
 
 
 def build_forecaster(config: ModelConfig, seed: int | None = None) -> Forecaster:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from vigil.models.calendar import CALENDAR_FEATURES
 from vigil.models.cells import State
 from vigil.models.forecaster import Forecaster
 
@@ -79,7 +80,7 @@ class InferenceEngine:
     def predict_versioned(self, windows: np.ndarray) -> tuple[np.ndarray, str]:
         """As :meth:`predict`, plus the version of the model that actually ran."""
         model, version = self._live
-        batch = _as_float32(windows, 3, model.config.input_size, "windows")
+        batch = _as_float32(windows, 3, _widths(model), "windows")
         with torch.inference_mode():
             output = model(self._to_device(batch))
             return self._to_host(output), version
@@ -91,7 +92,7 @@ class InferenceEngine:
     def step(self, x: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """One event for each of B keys: ``x [B, F]`` and their stacked state → forecasts, state."""
         model = self._live[0]
-        batch = _as_float32(x, 2, model.config.input_size, "x")
+        batch = _as_float32(x, 2, _widths(model), "x")
         with torch.inference_mode():
             output, new_state = model.step(self._to_device(batch), state)
             return self._to_host(output), new_state
@@ -111,7 +112,7 @@ class InferenceEngine:
         ``[B, H, F]``, the new per-key states and the version that ran.
         """
         model, version = self._live
-        batch = _as_float32(x, 2, model.config.input_size, "x")
+        batch = _as_float32(x, 2, _widths(model), "x")
         out = np.empty((len(batch), model.config.horizon, model.config.input_size), np.float32)
         new_states: list[bytes] = [b""] * len(batch)
         stepped = [i for i, s in enumerate(states) if s is not None and s[1] == version]
@@ -129,7 +130,7 @@ class InferenceEngine:
                 for i, blob in zip(stepped, model.states_to_bytes(state), strict=True):
                     new_states[i] = blob
             if warmed:
-                rows = _as_float32(windows[warmed], 3, model.config.input_size, "windows")
+                rows = _as_float32(windows[warmed], 3, _widths(model), "windows")
                 forecast, state = model.unroll(self._to_device(rows), None)
                 out[warmed] = self._to_host(forecast)
                 for i, blob in zip(warmed, model.states_to_bytes(state), strict=True):
@@ -175,12 +176,21 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:12]
 
 
-def _as_float32(array: np.ndarray, ndim: int, channels: int, name: str) -> np.ndarray:
+def _widths(model: Forecaster) -> tuple[int, ...]:
+    """Row widths a model takes: its values, or its values and the calendar columns."""
+    return (model.config.input_size, model.config.input_size + CALENDAR_FEATURES)
+
+
+def _as_float32(
+    array: np.ndarray, ndim: int, channels: int | tuple[int, ...], name: str
+) -> np.ndarray:
     """Contiguous float32 of the expected rank and width, or a clear error; never NaN inside."""
     result = np.ascontiguousarray(array, dtype=np.float32)
-    if result.ndim != ndim or result.shape[-1] != channels:
+    widths = (channels,) if isinstance(channels, int) else channels
+    if result.ndim != ndim or result.shape[-1] not in widths:
         shape = "[B, T, F]" if ndim == 3 else "[B, F]"
-        raise ValueError(f"{name} must be {shape} with F={channels}, got {result.shape}")
+        allowed = " or ".join(map(str, widths))
+        raise ValueError(f"{name} must be {shape} with F={allowed}, got {result.shape}")
     if not np.isfinite(result).all():
         raise ValueError(f"{name} contain NaN or infinity; gap-fill before inference")
     return result

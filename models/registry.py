@@ -100,6 +100,15 @@ def group_of(version: str) -> str:
     return parts[0]
 
 
+def stored_model_config(raw: str | bytes) -> ModelConfig:
+    """A version's stored ``ModelConfig``. Versions stored before the calendar inputs existed
+    have no ``calendar`` field and no such inputs: they read as ``off``, whatever the default."""
+    data = json.loads(raw)
+    if isinstance(data, dict):
+        data.setdefault("calendar", "off")
+    return ModelConfig.model_validate(data)
+
+
 def _default_builder(config: ModelConfig) -> nn.Module:
     from vigil.models.forecaster import build_forecaster  # heavy module, only needed to load
 
@@ -312,7 +321,7 @@ class ModelRegistry:
             raise UnknownVersionError(f"unknown version {version!r} in group {group!r}")
         if hashlib.sha256(weights).hexdigest() != _text(digest):
             raise RegistryError(f"weights of {version!r} do not match their sha256: corrupt entry")
-        config = ModelConfig.model_validate_json(config_raw)
+        config = stored_model_config(config_raw)
         model = self._builder(config)
         state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
@@ -443,7 +452,7 @@ def _info(group: str, version: str, values: list[Any], size: int) -> VersionInfo
         created=float(created),
         parent=_text(parent) or None,
         note=_text(note),
-        config=ModelConfig.model_validate_json(config),
+        config=stored_model_config(config),
         metrics=json.loads(metrics),
         weights_sha256=_text(digest),
         size_bytes=int(size),

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from vigil import local_services
 from vigil.connectors.file_formats import ColumnChoice
-from vigil.connectors.producer import RecordProducer
+from vigil.connectors.producer import RecordProducer, kafka_client_options
 from vigil.connectors.replay import FileReplay
 from vigil.records import Reading
 from vigil.settings import (
@@ -213,7 +213,7 @@ def _stay_up(worker: subprocess.Popen[bytes], web_port: int, settings: VigilSett
     try:
         while worker.poll() is None:
             time.sleep(0.5)
-        console.print(f"[yellow]the worker exited with {worker.returncode}")
+        console.print(f"the worker stopped (exit code {worker.returncode})")
     except KeyboardInterrupt:
         console.print("stopping …")
 
@@ -225,6 +225,7 @@ async def _replay_and_watch(
     consumer = AIOKafkaConsumer(
         settings.topics.predictions, settings.topics.alerts, settings.topics.model_versions,
         bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest", group_id=None,
+        **kafka_client_options(settings),
     )  # fmt: skip
     await consumer.start()
     labels = demo_labels()
@@ -354,7 +355,9 @@ def _summary(tally: DemoTally, readings: list[tuple[str, Reading]], web_port: in
 
 
 async def _delete_topics(settings: VigilSettings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap, **kafka_client_options(settings)
+    )
     await admin.start()
     try:
         t = settings.topics

@@ -65,6 +65,10 @@ class KeyState:
     admission: TrainingAdmission
     # the second detector (contextual novelty); a default so state stored before it still loads
     novelty: ContextNovelty = field(default_factory=ContextNovelty)
+    # EWMA of each delta's distance from a whole number of intervals: are the key's timestamps
+    # regular? Learned, but kept
+    # as a parameter with a default so that state stored before it still loads.
+    jitter: float = 0.0
     pending: PendingForecast | None = field(default=None, init=False)
     hidden: str | None = field(default=None, init=False)  # stateful mode: LSTM state (base64)
     hidden_version: str | None = field(default=None, init=False)  # model version of `hidden`
@@ -84,7 +88,8 @@ class KeyState:
             key=key,
             group=group.name,
             normalizer=RunningNormalizer(channels),
-            window=WindowBuffer(model.window + model.horizon, channels, group.gap_policy),
+            # the values, then the calendar columns when the model takes them
+            window=WindowBuffer(model.window + model.horizon, model.features, group.gap_policy),
             scorer=ResidualScorer(
                 short_window=detector.short_window,
                 long_window=detector.long_window,

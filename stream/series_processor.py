@@ -30,10 +30,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vigil import __version__
+from vigil.models.calendar import NO_CALENDAR, calendar_features
 from vigil.models.drift import DriftSignal
 from vigil.models.incidents import IncidentEvent
 from vigil.models.novelty import fuse_scores
 from vigil.models.scoring import ScoreResult, reduce_residual
+from vigil.models.window import WindowBuffer
 from vigil.records import Alert, DriftEvent, Prediction, Provenance
 from vigil.settings import ModelGroup
 from vigil.stream.key_state import KeyState, PendingForecast
@@ -50,6 +52,10 @@ Stepper = Callable[
 log = logging.getLogger("vigil.processor")
 GAP_RATIO = 1.5  # a delta this many typical intervals long means steps are missing
 INTERVAL_EWMA = 0.05
+# calendar "auto": a key is regular while the EWMA of how far each delta is from a whole number
+# of intervals (in intervals; missing steps, i.e. whole-interval gaps, do not count against it)
+# stays below this. Random spacing averages about 0.25.
+REGULAR_JITTER = 0.15
 
 
 @dataclass
@@ -118,6 +124,7 @@ class SeriesProcessor:
         self.window = group.model.window
         self.horizon = group.model.horizon
         self.channels = group.model.input_size
+        self.calendar = group.model.calendar
         self.max_abs_value = group.max_abs_value
         self.max_future_s = max_future_s
         self.clock = clock
@@ -193,6 +200,11 @@ class SeriesProcessor:
         self, state: KeyState, events: list[InputEvent], out: BatchOutput, windows: list[np.ndarray]
     ) -> list[_Step]:
         accepted: list[_Step] = []
+        if state.window.channels != self.group.model.features:
+            # state saved before the calendar setting changed: restart the window, keep the rest
+            state.window = WindowBuffer(
+                state.window.length, self.group.model.features, self.group.gap_policy
+            )
         absorbed = dict(state.positions)  # what the saved state had, before this batch
         for event in events:
             source = SourcePosition(event.topic, event.partition, event.offset).source
@@ -210,7 +222,8 @@ class SeriesProcessor:
                 out.outcomes["missing_value"] += 1
             state.normalizer.update(vector)
             normalised = state.normalizer.normalize(vector)
-            state.window.push(normalised)  # missing values are filled by the gap policy
+            # missing values are filled by the gap policy; the calendar context rides along
+            state.window.push([*normalised, *self._calendar(state, event.reading.ts)])
             snapshot = state.window.array() if state.window.size >= self.window else None
             step = _Step(
                 event=event,
@@ -256,7 +269,7 @@ class SeriesProcessor:
             window_rows = np.stack([windows[r] for r in requests])
             result, new_states, ran = await self.step(window_rows[:, -1, :], stored, window_rows)
             for key, request, row, blob in zip(keys, requests, result, new_states, strict=True):
-                forecasts[request] = row
+                forecasts[request] = row[..., : self.channels]
                 states[key].hidden = base64.b64encode(blob).decode("ascii")
                 states[key].hidden_version = ran
         return forecasts
@@ -318,11 +331,17 @@ class SeriesProcessor:
             state.interval = delta
             return 0
         missing = 0
+        if state.interval > 0:
+            ratio = delta / state.interval
+            off_grid = min(abs(ratio - max(1, round(ratio))), 1.0)
+            state.jitter += INTERVAL_EWMA * (off_grid - state.jitter)
         if delta > GAP_RATIO * state.interval > 0:
             missing = round(delta / state.interval) - 1
             out.outcomes["gap"] += 1
-            for _ in range(min(missing, self.window)):  # a longer gap only restarts the window
-                state.window.push([None] * self.channels)
+            pushed = min(missing, self.window)  # a longer gap only restarts the window
+            for k in range(missing - pushed + 1, missing + 1):
+                step_ts = state.last_ts + k * state.interval  # the missing step's own time
+                state.window.push([None] * self.channels + list(self._calendar(state, step_ts)))
                 for conformal in state.conformal:
                     conformal.observe(None)
                 if state.pending is not None:
@@ -330,6 +349,20 @@ class SeriesProcessor:
         else:
             state.interval += INTERVAL_EWMA * (delta - state.interval)
         return missing
+
+    def _calendar(self, state: KeyState, ts: float) -> tuple[float, ...]:
+        """The calendar columns of a row at ``ts``: none when the model has no such inputs;
+        zeros ("no context") in ``auto`` mode while the key's timestamps are not regular."""
+        if self.calendar == "off":
+            return ()
+        if self.calendar == "auto" and not self.regular(state):
+            return NO_CALENDAR
+        return calendar_features(ts)
+
+    @staticmethod
+    def regular(state: KeyState) -> bool:
+        """The key's timestamps come at a steady pace (known interval, little jitter)."""
+        return state.interval is not None and state.interval > 0 and (state.jitter < REGULAR_JITTER)
 
     # ---- step 3 -------------------------------------------------------------------------
     def _emit(
@@ -350,7 +383,8 @@ class SeriesProcessor:
         if state.admission.admit(seen.flagged):
             if step.full and step.snapshot is not None:
                 rows = step.snapshot
-                out.examples.append(TrainingExample(rows[: self.window], rows[self.window :]))
+                target = rows[self.window :, : self.channels]  # values only, no calendar
+                out.examples.append(TrainingExample(rows[: self.window], target))
         else:
             out.outcomes["withheld_from_training"] += 1
         for channel, conformal in enumerate(state.conformal):
@@ -358,7 +392,7 @@ class SeriesProcessor:
 
         forecast_raw: np.ndarray | None = None
         if step.request is not None:
-            normalised = forecasts[step.request]  # [H,F]
+            normalised = forecasts[step.request][:, : self.channels]  # [H,F]
             forecast_raw = normalised * step.std + step.mean
             state.pending = PendingForecast(normalised.astype(float).tolist(), 0)
             out.predictions.append(self._prediction(state, step, forecast_raw, seen, provenance))

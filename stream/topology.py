@@ -75,6 +75,7 @@ def faust_app_options(settings: VigilSettings, web_port: int | None = None) -> d
         "key_serializer": "raw",
         "value_serializer": "raw",
         "topic_partitions": settings.topics.partitions,
+        "topic_replication_factor": settings.topics.replication_factor,
         "consumer_auto_offset_reset": "earliest",
         "broker_commit_every": 500,
         "broker_commit_interval": 1.0,

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -85,13 +86,21 @@ def env_of(settings: VigilSettings) -> dict[str, str]:
     }
 
 
-def state_of(settings: VigilSettings, monkeypatch: pytest.MonkeyPatch) -> dict:
+def state_of(settings: VigilSettings, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     for name, value in env_of(settings).items():
         if name.startswith("VIGIL_"):
             monkeypatch.setenv(name, value)
     shown = CliRunner().invoke(app, ["state", "show", "--key", KEY, "--json"])
     assert shown.exit_code == 0, shown.output
-    return json.loads(shown.stdout)
+    loaded: dict[str, Any] = json.loads(shown.stdout)
+    return loaded
+
+
+def latest_prediction(client: redis.Redis, settings: VigilSettings) -> dict[str, Any]:
+    raw = client.hget(f"vigil:{settings.app_id}:predictions", KEY)
+    assert isinstance(raw, bytes)
+    loaded: dict[str, Any] = json.loads(raw)
+    return loaded
 
 
 def test_backfill_of_old_data_for_a_key_with_newer_state_runs_under_its_own_app_id(
@@ -102,7 +111,9 @@ def test_backfill_of_old_data_for_a_key_with_newer_state_runs_under_its_own_app_
 ) -> None:
     live, backfill = live_and_backfill
     n = 12
-    newer = [(KEY.encode(), reading(NEW_T0 + 60 * i, 20.0 + i % 4)) for i in range(n)]
+    newer: list[tuple[bytes | None, bytes]] = [
+        (KEY.encode(), reading(NEW_T0 + 60 * i, 20.0 + i % 4)) for i in range(n)
+    ]
     asyncio.run(produce(live, live.topics.readings, newer))
     worker = WorkerProcess(live, tmp_path, "live").start()
     try:
@@ -142,7 +153,7 @@ def test_backfill_of_old_data_for_a_key_with_newer_state_runs_under_its_own_app_
     assert len(predictions) == n - WINDOW + 1
     assert {p["key"] for p in predictions} == {KEY}
     assert max(p["timestamp"] for p in predictions) == OLD_T0 + 300 * (n - 1)
-    latest = json.loads(redis_client.hget(f"vigil:{backfill.app_id}:predictions", KEY))
+    latest = latest_prediction(redis_client, backfill)
     assert latest["timestamp"] == OLD_T0 + 300 * (n - 1)
 
     # Each app id keeps its own state: the live one did not move, the backfill one has history.
@@ -150,5 +161,5 @@ def test_backfill_of_old_data_for_a_key_with_newer_state_runs_under_its_own_app_
     assert state_of(live, monkeypatch)["events"] == n
     mine = state_of(backfill, monkeypatch)
     assert mine["events"] == n and mine["last_ts"] == OLD_T0 + 300 * (n - 1)
-    live_latest = json.loads(redis_client.hget(f"vigil:{live.app_id}:predictions", KEY))
+    live_latest = latest_prediction(redis_client, live)
     assert live_latest["timestamp"] == NEW_T0 + 60 * (n - 1)

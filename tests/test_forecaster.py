@@ -202,8 +202,8 @@ def test_state_bytes_from_another_model_shape_are_rejected() -> None:
 def test_flops_count_matches_formula_for_default_lstm() -> None:
     model = Forecaster(
         ModelConfig.model_validate({})
-    )  # hidden 64, 2 layers, window 64, input 1, horizon 1
-    per_step = (2 * 256 * (1 + 64) + 2 * 256) + (2 * 256 * (64 + 64) + 2 * 256)
+    )  # hidden 64, 2 layers, window 64, input 1 + 4 calendar columns, horizon 1
+    per_step = (2 * 256 * (1 + 4 + 64) + 2 * 256) + (2 * 256 * (64 + 64) + 2 * 256)
     assert model.flops_per_window() == 64 * per_step + 2 * 64 * 1
 
 
@@ -349,3 +349,28 @@ def test_a_residual_model_starts_as_persistence_and_still_learns_everything(kind
         optimiser.step()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_calendar_inputs_are_optional_columns() -> None:
+    """A model with calendar inputs reads windows without them as zero context; one without
+    them ignores the columns; the forecast always has the values' width."""
+    torch.manual_seed(0)
+    with_calendar = build_forecaster(ModelConfig(hidden_size=8, num_layers=1, calendar="on"), 0)
+    without = build_forecaster(ModelConfig(hidden_size=8, num_layers=1, calendar="off"), 0)
+    assert with_calendar.config.features == 5 and without.config.features == 1
+    values = torch.randn(3, 10, 1)
+    calendar = torch.randn(3, 10, 4)
+    wide = torch.cat([values, calendar], dim=-1)
+    zeros = torch.cat([values, torch.zeros(3, 10, 4)], dim=-1)
+    for model in (with_calendar, without):
+        assert model(values).shape == model(wide).shape == (3, 1, 1)
+    torch.testing.assert_close(with_calendar(values), with_calendar(zeros))
+    torch.testing.assert_close(without(values), without(wide))
+    nn_init = with_calendar.head.weight
+    with torch.no_grad():
+        nn_init.normal_()  # a trained head: the calendar now changes the forecast
+    assert not torch.allclose(with_calendar(values), with_calendar(wide))
+    step, _ = with_calendar.step(wide[:, -1], with_calendar.initial_state(3))
+    assert step.shape == (3, 1, 1)
+    with pytest.raises(ValueError, match="calendar"):
+        with_calendar(torch.randn(3, 10, 3))

@@ -93,10 +93,10 @@ async def end_total(settings: VigilSettings, topic: str) -> int:
         await consumer.stop()
 
 
-# ---- vigil tail ---------------------------------------------------------------------------------
+# ---- vigil tail --------------------------------------------------------------------------------
 def test_tail_prints_one_readable_line_per_record_filtered_by_key(ops: VigilSettings) -> None:
     t0 = 1_700_000_000
-    records = [
+    records: list[tuple[bytes | None, bytes]] = [
         (b"sensor-a", prediction("sensor-a", t0, 10).model_dump_json().encode()),
         (b"sensor-b", prediction("sensor-b", t0 + 60, 11, score=0.995).model_dump_json().encode()),
         (b"sensor-a", prediction("sensor-a", t0 + 120, 12).model_dump_json().encode()),
@@ -122,7 +122,7 @@ def test_tail_prints_one_readable_line_per_record_filtered_by_key(ops: VigilSett
     assert everything.exit_code == 0, everything.output
     shown = everything.stdout.splitlines()
     assert len(shown) == 4  # partitions interleave: order holds per key only
-    assert [line for line in shown if "ANOMALY" in line][0].split()[1] == "sensor-b"
+    assert next(line for line in shown if "ANOMALY" in line).split()[1] == "sensor-b"
     assert [line for line in shown if line.startswith("(not JSON)")] == ["(not JSON) {garbage"]
 
     letter = DeadLetter.of(
@@ -130,7 +130,9 @@ def test_tail_prints_one_readable_line_per_record_filtered_by_key(ops: VigilSett
         topic=ops.topics.readings, partition=2, offset=7, key="sensor-a", at=t0,
         code="out_of_range", max_bytes=16,
     )  # fmt: skip
-    asyncio.run(produce(ops, ops.topics.dead_letters, [(b"sensor-a", letter.model_dump_json().encode())]))
+    asyncio.run(
+        produce(ops, ops.topics.dead_letters, [(b"sensor-a", letter.model_dump_json().encode())])
+    )
     dead = vigil("tail", "dead-letters", "--from-beginning", "--no-follow")
     assert dead.exit_code == 0, dead.output
     (line,) = dead.stdout.splitlines()
@@ -155,7 +157,9 @@ def test_tail_follows_new_records_until_the_limit(ops: VigilSettings) -> None:
                 provenance=Provenance(topic="r", partition=0, offset=n, model_version="m",
                                       vigil_version="t"),
             )  # fmt: skip
-            asyncio.run(produce(ops, ops.topics.alerts, [(b"sensor-z", alert.model_dump_json().encode())]))
+            asyncio.run(
+                produce(ops, ops.topics.alerts, [(b"sensor-z", alert.model_dump_json().encode())])
+            )
             n += 1
             time.sleep(0.25)
         stdout, stderr = child.communicate(timeout=30)
@@ -168,7 +172,7 @@ def test_tail_follows_new_records_until_the_limit(ops: VigilSettings) -> None:
     assert all(" FIRING critical sensor-z [sensors] score=0.9999" in line for line in lines)
 
 
-# ---- vigil state ----------------------------------------------------------------------------------
+# ---- vigil state ---------------------------------------------------------------------------------
 def stored_state(key: str, values: list[float], t0: float) -> bytes:
     state = KeyState.new(key, GROUPS[0])
     for i, value in enumerate(values):
@@ -217,11 +221,11 @@ def test_state_show_and_reset(ops: VigilSettings, redis_client: redis.Redis) -> 
     assert not redis_client.exists(f"{prefix}:state:sensors:sensor-2")
 
 
-# ---- vigil dlq redrive ----------------------------------------------------------------------------
+# ---- vigil dlq redrive ---------------------------------------------------------------------------
 def test_dlq_redrive_sends_each_dead_letter_back_once(ops: VigilSettings) -> None:
     readings = ops.topics.readings
     big = json.dumps({"timestamp": 1_700_000_000, "value": 1e15, "note": "y" * 50_000}).encode()
-    sources = [
+    sources: list[tuple[bytes | None, bytes]] = [
         (b"sensor-1", json.dumps({"timestamp": 1_700_000_000, "value": 2e13}).encode()),
         (b"sensor-2", big),
         (b"sensor-3", reading(1_600_000_000, 1.0)),
@@ -240,8 +244,14 @@ def test_dlq_redrive_sends_each_dead_letter_back_once(ops: VigilSettings) -> Non
         (b"sensor-1", letter(0, "out_of_range", at=now)),
         (b"sensor-2", letter(1, "out_of_range", at=now, max_bytes=1024)),  # a cut copy
         (b"sensor-3", letter(2, "late", at=now - 7200)),
-        (None, DeadLetter.of("not_json: x", b"a,b,c", topic=readings, source="replay", at=now,
-                             code="not_json").model_dump_json().encode()),  # fmt: skip
+        (
+            None,
+            DeadLetter.of(
+                "not_json: x", b"a,b,c", topic=readings, source="replay", at=now, code="not_json"
+            )
+            .model_dump_json()
+            .encode(),
+        ),
     ]
     asyncio.run(produce(ops, ops.topics.dead_letters, letters))
     before = asyncio.run(end_total(ops, readings))
@@ -270,7 +280,7 @@ def test_dlq_redrive_sends_each_dead_letter_back_once(ops: VigilSettings) -> Non
     assert asyncio.run(end_total(ops, readings)) == before + 3
 
 
-# ---- vigil models export / import -----------------------------------------------------------------
+# ---- vigil models export / import ----------------------------------------------------------------
 def test_models_export_then_import_into_another_deployment(
     ops: VigilSettings, redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -286,7 +296,9 @@ def test_models_export_then_import_into_another_deployment(
     with zipfile.ZipFile(out) as archive:
         manifest = json.loads(archive.read("manifest.json"))
     assert manifest["format"] == "vigil-model" and manifest["version"] == version
-    assert manifest["config"] == config.model_dump() and manifest["metrics"]["candidate_loss"] == 0.25
+    assert (
+        manifest["config"] == config.model_dump() and manifest["metrics"]["candidate_loss"] == 0.25
+    )
 
     other_app = f"{ops.app_id}-other"
     monkeypatch.setenv("VIGIL_APP_ID", other_app)
@@ -316,7 +328,7 @@ def test_models_export_then_import_into_another_deployment(
             redis_client.delete(*names)
 
 
-# ---- failures: one line, the address tried, no traceback, no secret -------------------------------
+# ---- failures: one line, the address tried, no traceback, no secret ------------------------------
 SECRET = "s3cret-passw0rd"
 
 

@@ -176,8 +176,14 @@ def secured(
     topics = base.topics.model_copy(
         update={
             name: f"s-{run_id}.{name.replace('_', '-')}"
-            for name in ("readings", "predictions", "alerts", "dead_letters", "model_versions",
-                         "drift")  # fmt: skip
+            for name in (
+                "readings",
+                "predictions",
+                "alerts",
+                "dead_letters",
+                "model_versions",
+                "drift",
+            )
         }
         | {"partitions": 2, "replication_factor": 1}
     )
@@ -241,8 +247,13 @@ def test_worker_and_producer_work_through_sasl_ssl(
     # the broker really is secured: a client without the settings gets no answer
     assert not asyncio.run(broker_answers(broker.bootstrap, timeout_s=3.0))
 
-    env = {**os.environ, **security_env(settings), "VIGIL_REDIS_URL": settings.redis,
-           "VIGIL_APP_ID": settings.app_id, "VIGIL_TOPICS": settings.topics.model_dump_json()}  # fmt: skip
+    env = {
+        **os.environ,
+        **security_env(settings),
+        "VIGIL_REDIS_URL": settings.redis,
+        "VIGIL_APP_ID": settings.app_id,
+        "VIGIL_TOPICS": settings.topics.model_dump_json(),
+    }
     up = subprocess.run([sys.executable, "-m", "vigil.cli", "up"], env=env, capture_output=True,
                         text=True, timeout=120)  # fmt: skip
     assert up.returncode == 0, up.stdout + up.stderr

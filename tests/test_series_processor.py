@@ -129,8 +129,9 @@ async def test_a_spike_opens_one_incident_and_stays_out_of_the_training_buffer()
     assert out.outcomes["withheld_from_training"] == len(flagged)
     # examples: every event once window + horizon values exist, minus the flagged ones
     assert len(out.examples) == (80 - (WINDOW + HORIZON) + 1) - len(flagged)
+    # the window carries the calendar columns (timestamps are regular); targets: values only
     assert all(
-        e.window.shape == (WINDOW, 1) and e.target.shape == (HORIZON, 1) for e in out.examples
+        e.window.shape == (WINDOW, 5) and e.target.shape == (HORIZON, 1) for e in out.examples
     )
 
 

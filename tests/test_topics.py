@@ -7,10 +7,9 @@ import asyncio
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import InvalidReplicationFactorError
 
 from vigil.settings import VigilSettings, load_settings
-from vigil.topics import ensure_topics, topic_names
+from vigil.topics import TopicCreationError, ensure_topics, topic_names
 
 pytestmark = pytest.mark.services
 
@@ -39,8 +38,9 @@ def test_a_replication_factor_the_cluster_cannot_meet_is_refused(settings: Vigil
     wanting_two = settings.model_copy(
         update={"topics": settings.topics.model_copy(update={"replication_factor": 2})}
     )
-    with pytest.raises(InvalidReplicationFactorError):
+    with pytest.raises(TopicCreationError, match="VIGIL_TOPICS__REPLICATION_FACTOR=2") as refused:
         asyncio.run(ensure_topics(wanting_two, [settings.topics.readings]))
+    assert f"refused to create topic {settings.topics.readings}" in str(refused.value)
 
 
 def test_replication_factor_is_a_variable(monkeypatch: pytest.MonkeyPatch) -> None:

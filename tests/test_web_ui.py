@@ -5,8 +5,8 @@ One worker serves the whole module (it is the expensive part). Its JSON API is c
 plain HTTP; the pages are checked in the browser: the chart's forecast band is drawn, a new
 prediction appears without a reload, alerts show, a silence made on the page lands in Redis.
 
-Screenshots of every page go to the test's temporary folder, and to ``VIGIL_UI_SCREENSHOTS``
-when set (``VIGIL_UI_SCREENSHOTS=docs/img`` refreshes the README's pictures).
+Screenshots of every page go to the test's temporary folder, and to ``UI_SCREENSHOTS``
+when set (``UI_SCREENSHOTS=docs/img`` refreshes the README's pictures).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
@@ -60,8 +61,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 @dataclass
 class UiWorker:
     settings: VigilSettings
-    worker: WorkerProcess
-    redis: redis.Redis
+    worker: Any  # tests.worker_process.WorkerProcess
+    redis: Any  # redis.Redis, bytes replies
     keys: list[str]
 
     @property
@@ -72,7 +73,7 @@ class UiWorker:
         return httpx.get(self.url + path, params=params, timeout=10)
 
 
-def _wait(what: str, check, timeout_s: float = 180.0, worker: WorkerProcess | None = None):  # type: ignore[no-untyped-def]
+def _wait(what: str, check: Any, timeout_s: float = 180.0, worker: Any = None) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         if worker is not None:
@@ -113,7 +114,7 @@ def ui(services: VigilSettings, tmp_path_factory: pytest.TempPathFactory) -> Ite
     with pytest.MonkeyPatch.context() as env:
         env.setenv("VIGIL_WEB_TOKEN", TOKEN)  # worker_env passes the environment on
         worker = WorkerProcess(settings, log_dir).start()
-    client = redis.Redis.from_url(settings.redis)
+    client: Any = redis.Redis.from_url(settings.redis)
     try:
         worker.wait_ready()
         connector = subprocess.run(
@@ -149,7 +150,7 @@ def ui(services: VigilSettings, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def send_reading(ui: UiWorker, key: str, ts: float, value: float) -> None:
     """One reading into the readings topic, from a thread of its own (Playwright's sync API
     keeps an event loop running in this one)."""
-    records = [(key.encode(), reading(ts, value))]
+    records: list[tuple[bytes | None, bytes]] = [(key.encode(), reading(ts, value))]
     with ThreadPoolExecutor(1) as pool:
         pool.submit(
             asyncio.run, produce(ui.settings, ui.settings.topics.readings, records)
@@ -233,7 +234,7 @@ async def test_server_sent_events_carry_each_new_prediction(ui: UiWorker) -> Non
         client.stream("GET", url, params={"after": last["id"]}) as response,
     ):
         assert response.headers["content-type"].startswith("text/event-stream")
-        records = [(key.encode(), reading(new_ts, 1.0))]
+        records: list[tuple[bytes | None, bytes]] = [(key.encode(), reading(new_ts, 1.0))]
         await produce(ui.settings, ui.settings.topics.readings, records)
         event = None
         async for line in response.aiter_lines():
@@ -349,6 +350,48 @@ def test_models_promote_and_rollback_like_the_cli(ui: UiWorker) -> None:
     assert back.json()["live"] == before and registry.live("default") == before
 
 
+async def test_ten_thousand_keys_page_in_small_steps(services: VigilSettings) -> None:
+    """The index never loads the whole hash: HSCAN pages of about ``limit`` keys cover 10,000
+    keys exactly once, and a search finds one key among them."""
+    from redis.asyncio import Redis
+
+    from vigil.stream.state_store import StateStore
+    from vigil.ui.api import key_rows, scan_keys
+
+    app_id = f"vigil-ui-many-{os.urandom(4).hex()}"
+    client: Any = Redis.from_url(services.redis)
+    store = StateStore(client, app_id)
+
+    def prediction(i: int) -> str:
+        return json.dumps({
+            "key": f"sensor-{i:05d}", "group": "default", "observed": float(i), "score": 0.5,
+            "timestamp": START_TS + i, "provenance": {"model_version": "default-000001-x"},
+        })  # fmt: skip
+
+    many = {f"sensor-{i:05d}": prediction(i) for i in range(10_000)}
+    ctx = SimpleNamespace(redis=client, store=store, keys=None)
+    try:
+        await client.hset(store.predictions_hash, mapping=many)
+        seen: list[str] = []
+        cursor, pages, biggest = 0, 0, 0
+        while True:
+            found, cursor = await scan_keys(ctx, "", cursor, 50)  # type: ignore[arg-type]
+            seen += [key for key, _ in found]
+            pages, biggest = pages + 1, max(biggest, len(found))
+            if cursor == 0:
+                break
+        assert sorted(seen) == sorted(many)
+        assert pages > 50 and biggest < 500  # pages of about 50, not one of 10,000
+        hits, cursor = await scan_keys(ctx, "07321", 0, 50)  # type: ignore[arg-type]
+        while cursor and not hits:  # a sparse match may take a few pages to show up
+            hits, cursor = await scan_keys(ctx, "07321", cursor, 50)  # type: ignore[arg-type]
+        rows = await key_rows(ctx, hits)  # type: ignore[arg-type]
+        assert [(r["key"], r["last_value"]) for r in rows] == [("sensor-07321", 7321.0)]
+    finally:
+        await client.delete(store.predictions_hash)
+        await client.aclose()
+
+
 # ---- in the browser ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser(ui: UiWorker) -> Iterator[object]:  # the worker first: it runs asyncio itself
@@ -365,21 +408,27 @@ def browser(ui: UiWorker) -> Iterator[object]:  # the worker first: it runs asyn
 
 
 @pytest.fixture
-def page(browser, ui: UiWorker):  # type: ignore[no-untyped-def]
+def page(browser: Any, ui: UiWorker) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1240, "height": 820}, base_url=ui.url)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    def console(message: Any) -> None:  # script errors, CSP violations, failed loads
+        if message.type == "error" and "favicon" not in message.location.get("url", ""):
+            errors.append(message.text)
+
+    page.on("console", console)
     yield page
     context.close()
     assert not errors, errors
 
 
-def screenshot(page, name: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def screenshot(page: Any, name: str, tmp_path: Path) -> None:
     path = tmp_path / name
     page.screenshot(path=str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    wanted = os.environ.get("VIGIL_UI_SCREENSHOTS")
+    wanted = os.environ.get("UI_SCREENSHOTS")
     if wanted:  # a 256-colour copy: a third of the size, the same picture for a README
         from PIL import Image
 
@@ -408,7 +457,7 @@ BAND_PIXELS = """() => {
 }"""
 
 
-def test_key_page_draws_the_band_and_updates_live(page, ui: UiWorker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_key_page_draws_the_band_and_updates_live(page: Any, ui: UiWorker, tmp_path: Path) -> None:
     key = ui.keys[2]
     page.goto(f"/ui/keys/{key}")
     page.wait_for_function(
@@ -432,7 +481,7 @@ def test_key_page_draws_the_band_and_updates_live(page, ui: UiWorker, tmp_path: 
     assert page.locator("#last-value").inner_text() == "2.5"
 
 
-def test_index_lists_and_searches_keys(page, ui: UiWorker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_index_lists_and_searches_keys(page: Any, ui: UiWorker, tmp_path: Path) -> None:
     page.goto("/ui")
     page.wait_for_selector("#keys tbody tr[data-key]")
     assert page.locator("#keys tbody tr[data-key]").count() == KEYS
@@ -445,7 +494,9 @@ def test_index_lists_and_searches_keys(page, ui: UiWorker, tmp_path: Path) -> No
     page.wait_for_url(f"**/ui/keys/{ui.keys[4]}")
 
 
-def test_alerts_page_shows_alerts_and_creates_a_silence(page, ui: UiWorker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_alerts_page_shows_alerts_and_creates_a_silence(
+    page: Any, ui: UiWorker, tmp_path: Path
+) -> None:
     page.goto("/ui/alerts")
     page.wait_for_selector("#alerts tbody tr[data-alert]")
     logged = {a["alert_id"] for a in ui.get("/api/alerts", since="0").json()["alerts"]}
@@ -477,7 +528,7 @@ def test_alerts_page_shows_alerts_and_creates_a_silence(page, ui: UiWorker, tmp_
     assert stored["ends_at"] <= time.time()
 
 
-def test_models_page_lists_versions(page, ui: UiWorker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_models_page_lists_versions(page: Any, ui: UiWorker, tmp_path: Path) -> None:
     page.goto("/ui/models")
     page.wait_for_selector("section[data-group=default] tr[data-version]")
     live = ui.get("/api/models").json()["groups"][0]["live"]
@@ -493,45 +544,3 @@ def test_the_demo_keeps_the_ui_up_unless_told_to_exit() -> None:
 
     shown = CliRunner().invoke(app, ["demo", "--help"], env={"COLUMNS": "200"})
     assert shown.exit_code == 0 and "--exit" in shown.output
-
-
-async def test_ten_thousand_keys_page_in_small_steps(services: VigilSettings) -> None:
-    """The index never loads the whole hash: HSCAN pages of about ``limit`` keys cover 10,000
-    keys exactly once, and a search finds one key among them."""
-    from redis.asyncio import Redis
-
-    from vigil.stream.state_store import StateStore
-    from vigil.ui.api import key_rows, scan_keys
-
-    app_id = f"vigil-ui-many-{os.urandom(4).hex()}"
-    client = Redis.from_url(services.redis)
-    store = StateStore(client, app_id)
-
-    def prediction(i: int) -> str:
-        return json.dumps({
-            "key": f"sensor-{i:05d}", "group": "default", "observed": float(i), "score": 0.5,
-            "timestamp": START_TS + i, "provenance": {"model_version": "default-000001-x"},
-        })  # fmt: skip
-
-    many = {f"sensor-{i:05d}": prediction(i) for i in range(10_000)}
-    ctx = SimpleNamespace(redis=client, store=store, keys=None)
-    try:
-        await client.hset(store.predictions_hash, mapping=many)
-        seen: list[str] = []
-        cursor, pages, biggest = 0, 0, 0
-        while True:
-            found, cursor = await scan_keys(ctx, "", cursor, 50)  # type: ignore[arg-type]
-            seen += [key for key, _ in found]
-            pages, biggest = pages + 1, max(biggest, len(found))
-            if cursor == 0:
-                break
-        assert sorted(seen) == sorted(many)
-        assert pages > 50 and biggest < 500  # pages of about 50, not one of 10,000
-        hits, cursor = await scan_keys(ctx, "07321", 0, 50)  # type: ignore[arg-type]
-        while cursor and not hits:  # a sparse match may take a few pages to show up
-            hits, cursor = await scan_keys(ctx, "07321", cursor, 50)  # type: ignore[arg-type]
-        rows = await key_rows(ctx, hits)  # type: ignore[arg-type]
-        assert [(r["key"], r["last_value"]) for r in rows] == [("sensor-07321", 7321.0)]
-    finally:
-        await client.delete(store.predictions_hash)
-        await client.aclose()

@@ -67,7 +67,7 @@ NON_SETTING_VARIABLES = frozenset(
         "VIGIL_MQTT_PASSWORD",  # `vigil connect mqtt --password`
     }
 )
-SECRET_VARIABLES = ("VIGIL_KAFKA_SASL_PASSWORD", "VIGIL_WEBHOOK_SIGNING_KEY")
+SECRET_VARIABLES = ("VIGIL_KAFKA_SASL_PASSWORD", "VIGIL_WEBHOOK_SIGNING_KEY", "VIGIL_WEB_TOKEN")
 log = logging.getLogger(__name__)
 
 
@@ -514,7 +514,7 @@ def _shown_input(location: tuple[str | int, ...], value: Any) -> str:
     return f" (got {mask_credentials(repr(value))})"
 
 
-_SECRET_FIELDS = {"kafka_sasl_password", "webhook_signing_key"}
+_SECRET_FIELDS = {"kafka_sasl_password", "webhook_signing_key", "web_token"}
 
 
 def raw_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -531,7 +531,7 @@ def raw_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
 def settings_secrets(settings: VigilSettings) -> list[str]:
     """Every raw secret string held by ``settings`` (for :func:`~vigil.redaction.scrub`)."""
     found: list[str] = []
-    for secret in (settings.kafka_sasl_password, settings.webhook_signing_key):
+    for secret in (settings.kafka_sasl_password, settings.webhook_signing_key, settings.web_token):
         if secret is not None:
             found.append(secret.get_secret_value())
     for value in (settings.redis_url, settings.kafka_bootstrap):

@@ -27,7 +27,7 @@ app = typer.Typer(
     help="Show or reset the per-key state a worker keeps in Redis.", no_args_is_help=True
 )
 
-KeyOption = Annotated[str, typer.Option("--key", "-k", help="series key, e.g. sensor-17")]
+KeyOption = Annotated[str, typer.Option("--key", "-k", help="series key, e.g. sensor.nyc_taxi")]
 GroupOption = Annotated[
     str,
     typer.Option("--group", "-g", help="model group (with --key: default = every group)"),
@@ -141,7 +141,7 @@ def show(
     """Show a key's stored state: events, last timestamp, source positions, normaliser mean/std,
     whether an incident is open. --group alone lists every key of the group.
 
-    Example: vigil state show --key ec2_cpu_utilization_5f5533
+    Example: vigil state show --key sensor.nyc_taxi (a key of the shipped demo data)
     """
     settings = settings_or_exit()
     selected_key, selected_group = _selection(settings, key, group)
@@ -191,7 +191,7 @@ def reset(
     was replaced. Takes effect for keys not held in a worker's memory: reset while the key has
     been silent longer than VIGIL_STREAM__IDLE_KEY_EVICT_S, or restart the workers right after.
 
-    Example: vigil state reset --key sensor-17 --yes
+    Example: vigil state reset --key sensor.nyc_taxi --yes
     """
     settings = settings_or_exit()
     selected_key, selected_group = _selection(settings, key, group)

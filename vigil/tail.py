@@ -166,7 +166,7 @@ async def tail_topic(
 def tail(
     stream: Annotated[Stream, typer.Argument(help="which output to follow")],
     key: Annotated[
-        str, typer.Option("--key", help="only series keys matching this pattern, e.g. 'sensor-*'")
+        str, typer.Option("--key", help="only series keys matching this pattern, e.g. 'sensor.*'")
     ] = "",
     from_beginning: Annotated[
         bool, typer.Option("--from-beginning", help="start at the oldest record kept")
@@ -181,7 +181,7 @@ def tail(
 ) -> None:
     """Print records of an output topic, one line each, as they arrive (Ctrl-C stops).
 
-    Examples: vigil tail predictions --key 'nyc_taxi*' ; vigil tail dead-letters
+    Examples: vigil tail predictions --key 'sensor.*' ; vigil tail dead-letters
     --from-beginning --no-follow ; vigil tail alerts --json --limit 10
     """
     settings = settings_or_exit()

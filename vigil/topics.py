@@ -6,9 +6,11 @@ import contextlib
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from vigil.connectors.producer import kafka_client_options
+from vigil.local_kafka import LocalServiceError
+from vigil.redaction import mask_credentials
 from vigil.settings import VigilSettings
 
 
@@ -42,18 +44,28 @@ async def ensure_topics(settings: VigilSettings, names: list[str] | None = None)
                         for n in missing
                     ]
                 )
-                _raise_topic_errors(response)
+                _raise_topic_errors(response, settings)
         return missing
     finally:
         await admin.close()
 
 
-def _raise_topic_errors(response: Any) -> None:
+class TopicCreationError(LocalServiceError, KafkaError):
+    """The broker refused to create a topic (one line for `vigil up`, connectors and workers)."""
+
+    def __str__(self) -> str:  # KafkaError would put the class name in front
+        return str(self.args[0]) if self.args else type(self).__name__
+
+
+def _raise_topic_errors(response: Any, settings: VigilSettings) -> None:
     """aiokafka returns per-topic errors instead of raising: a replication factor above the
     broker count or a missing Create ACL must not pass for success."""
     for topic, code, *detail in response.topic_errors:
         if code in (0, TopicAlreadyExistsError.errno):
             continue
-        error = for_code(code)
-        message = detail[0] if detail and detail[0] else error.__name__
-        raise error(f"creating topic {topic}: {message}")
+        message = detail[0] if detail and detail[0] else for_code(code).__name__
+        raise TopicCreationError(
+            f"Kafka at {mask_credentials(settings.bootstrap)} refused to create topic {topic}:"
+            f" {message} (VIGIL_TOPICS__PARTITIONS={settings.topics.partitions},"
+            f" VIGIL_TOPICS__REPLICATION_FACTOR={settings.topics.replication_factor})"
+        )

@@ -19,7 +19,7 @@ from typing import Any
 
 import faust
 import orjson
-import redis
+import redis as sync_redis
 from aiohttp import web
 from faust.web import Request, Response, View
 from redis.asyncio import Redis
@@ -55,7 +55,7 @@ class UiContext:
     alert_log: AlertLog
     silences: SilenceStore
     deliveries: DeliveryQueue
-    registry_client: redis.Redis  # the registry is synchronous: used on a thread
+    registry_client: sync_redis.Redis  # the registry is synchronous: used on a thread
 
     def registry(self) -> Any:
         from vigil.models.registry import ModelRegistry  # torch: loaded on first use only
@@ -184,9 +184,10 @@ async def scan_keys(
     found: list[tuple[str, Any]] = []
     rounds = 0
     while True:
-        cursor, chunk = await ctx.redis.hscan(
+        reply: Any = await ctx.redis.hscan(
             ctx.store.predictions_hash, cursor, match=match, count=max(limit, 100)
         )
+        cursor, chunk = reply
         found += [(_text(k), v) for k, v in chunk.items()]
         rounds += 1
         # a sparse match may need many rounds: stop after enough keys or enough work per page
@@ -211,13 +212,13 @@ async def key_history(
 ) -> dict[str, Any]:
     low = f"{max(0, int(since * 1000))}-0" if since is not None else "-"
     high = f"{max(0, int(until * 1000))}-99" if until is not None else "+"
-    entries = await ctx.redis.xrevrange(ctx.names.history(key), high, low, count=limit)
+    entries: Any = await ctx.redis.xrevrange(ctx.names.history(key), high, low, count=limit)
     points = []
     for entry_id, fields in reversed(entries or []):
         point = _loads(fields.get(b"p"))
         if isinstance(point, dict):
             points.append(point | {"id": _text(entry_id)})
-    raw_events = await ctx.redis.xrange(ctx.names.events(key), "-", "+")
+    raw_events: Any = await ctx.redis.xrange(ctx.names.events(key), "-", "+")
     events = []
     for entry_id, fields in raw_events or []:
         event = _loads(fields.get(b"e"))
@@ -313,7 +314,7 @@ async def _registry_call(view: View, call: Any, *args: Any) -> Response:
         return view.json({"error": str(exc)}, status=404)
     except RegistryError as exc:
         return view.json({"error": str(exc)}, status=409)
-    except redis.RedisError as exc:
+    except sync_redis.RedisError as exc:
         return view.json({"error": f"registry unavailable: {exc}"}, status=503)
 
 
@@ -500,12 +501,12 @@ async def event_stream(
     })  # fmt: skip
     await response.prepare(request)
     history, events = ctx.names.history(key), ctx.names.events(key)
-    ids = {history: last_point, events: last_event}
+    ids: dict[Any, Any] = {history: last_point, events: last_event}
     await response.write(b"retry: 2000\n\n")
     quiet_since = time.monotonic()
     with contextlib.suppress(ConnectionResetError, asyncio.CancelledError, RuntimeError):
         while not ctx.recorder.closing.is_set():
-            found = await ctx.redis.xread(ids, count=100, block=SSE_BLOCK_MS)
+            found: Any = await ctx.redis.xread(ids, count=100, block=SSE_BLOCK_MS)
             chunks: list[bytes] = []
             for stream, entries in found or []:
                 name = _text(stream)

@@ -20,6 +20,11 @@ from vigil.ui.history import HistoryRecorder, UiKeys
 from vigil.ui.security import guard
 
 STATIC = Path(__file__).resolve().parent / "static"
+# scripts only from this server (no inline script, no eval): injected markup cannot run
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 PAGES = {"/ui": "index.html", "/ui/alerts": "alerts.html", "/ui/models": "models.html"}
 
 
@@ -27,7 +32,9 @@ def _page(file: str) -> type[View]:
     class Page(View):
         async def get(self, request: Request, **_: str) -> Response:
             html = (STATIC / file).read_text(encoding="utf-8")
-            return self.html(html, headers={"Cache-Control": "no-cache"})
+            return self.html(
+                html, headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP}
+            )
 
     Page.__name__ = f"Page_{file.split('.')[0]}"
     return Page
