@@ -118,15 +118,7 @@ def drill_groups(topics: list[str] | None = None, **group: Any) -> list[ModelGro
 
 def drill_settings(base: VigilSettings, **update: Any) -> VigilSettings:
     run = uuid.uuid4().hex[:8]
-    topics = TopicNames(
-        readings=f"drill-{run}.readings",
-        predictions=f"drill-{run}.predictions",
-        alerts=f"drill-{run}.alerts",
-        dead_letters=f"drill-{run}.dead-letters",
-        model_versions=f"drill-{run}.model-versions",
-        drift=f"drill-{run}.drift",
-        partitions=2,
-    )
+    topics = TopicNames.named(f"drill-{run}", 2)
     settings = base.model_copy(
         update={
             "app_id": f"vigil-drill-{run}",
@@ -318,6 +310,15 @@ class DrillRun:
             await asyncio.sleep(0.5)
         return None
 
+    async def process_backlog(self) -> float | None:
+        """A worker takes what was fed, until all is committed; the seconds it took."""
+        worker = self.worker()
+        try:
+            await asyncio.to_thread(worker.wait_ready)
+            return await self.settle()
+        finally:
+            self.stop_workers()
+
     def stop_workers(self) -> None:
         for worker in self.workers:
             worker.stop()
@@ -401,12 +402,7 @@ async def oversized_record(base: VigilSettings, workdir: Path, short: bool) -> D
            os.urandom(600_000))  # fmt: skip
     records.insert(len(records) // 2, big)
     await run.feed(records)
-    worker = run.worker()
-    try:
-        worker.wait_ready()
-        recovery = await run.settle()
-    finally:
-        run.stop_workers()
+    recovery = await run.process_backlog()
     letters = await read_all(settings, settings.topics.dead_letters)
     big_letter = [d for d in letters if d.get("original_size") == 600_000]
     run.checks["600 KB record dead-lettered, copy cut"] = bool(big_letter) and all(
@@ -534,12 +530,7 @@ async def reorder_in_batch(base: VigilSettings, workdir: Path, short: bool) -> D
     future = b'{"timestamp": "9999-12-31T23:59:59Z", "value": 1.0}'
     rows.insert(70, (Fed(topic, "k0", 253_402_300_799.0, False, reason="future"), future))
     await run.feed(rows)
-    worker = run.worker()
-    try:
-        worker.wait_ready()
-        recovery = await run.settle()
-    finally:
-        run.stop_workers()
+    recovery = await run.process_backlog()
     return await run.verdict(recovery, recovery is None)
 
 

@@ -56,7 +56,7 @@ RATIO_TARGET = 0.30  # Vigil events/s ÷ bare passthrough events/s
 LATENCY_P99_TARGET_MS = 100.0  # event to prediction at half the max rate
 IN_WORKER = "vigil_in_worker_seconds"
 STAGE = "vigil_handle_stage_seconds"
-STAGES = ("decode", "load_state", "process", "send", "deliver", "save_state", "handle")
+STAGES = ("decode", "load_state", "process", "encode", "deliver", "save_state", "handle")
 BATCH_EVENTS = "vigil_handled_batch_events"
 PASSTHROUGH = ("-m", "vigil.bench.passthrough")
 
@@ -210,15 +210,7 @@ class PipelineBench:
         run = uuid.uuid4().hex[:8]
         self.run = run
         partitions = settings.topics.partitions
-        topics = TopicNames(
-            readings=f"bench-{run}.readings",
-            predictions=f"bench-{run}.predictions",
-            alerts=f"bench-{run}.alerts",
-            dead_letters=f"bench-{run}.dead-letters",
-            model_versions=f"bench-{run}.model-versions",
-            drift=f"bench-{run}.drift",
-            partitions=partitions,
-        )
+        topics = TopicNames.named(f"bench-{run}", partitions)
         self.settings = settings.model_copy(
             update={"app_id": f"vigil-bench-{run}", "topics": topics, "groups": [plan.group]}
         )

@@ -68,15 +68,7 @@ def run_id() -> str:
 @pytest.fixture
 def settings(services: VigilSettings, run_id: str) -> VigilSettings:
     """Settings with topic names, app id (consumer group, Redis prefix) of this test's own."""
-    topics = TopicNames(
-        readings=f"t-{run_id}.readings",
-        predictions=f"t-{run_id}.predictions",
-        alerts=f"t-{run_id}.alerts",
-        dead_letters=f"t-{run_id}.dead-letters",
-        model_versions=f"t-{run_id}.model-versions",
-        drift=f"t-{run_id}.drift",
-        partitions=services.topics.partitions,
-    )
+    topics = TopicNames.named(f"t-{run_id}", services.topics.partitions)
     return services.model_copy(update={"app_id": f"vigil-test-{run_id}", "topics": topics})
 
 

@@ -168,6 +168,19 @@ class TopicNames(StrictModel):
         " 3 on a production cluster",
     )
 
+    @classmethod
+    def named(cls, prefix: str, partitions: int) -> TopicNames:
+        """Every topic under ``prefix`` (``prefix.readings``, …): a test's or a benchmark's own."""
+        return cls(
+            readings=f"{prefix}.readings",
+            predictions=f"{prefix}.predictions",
+            alerts=f"{prefix}.alerts",
+            dead_letters=f"{prefix}.dead-letters",
+            model_versions=f"{prefix}.model-versions",
+            drift=f"{prefix}.drift",
+            partitions=partitions,
+        )
+
 
 class StreamConfig(StrictModel):
     """How the stream runs. Out-of-order events are put back in order within each batch (the
