@@ -117,19 +117,19 @@ def _seasonal_naive(setup: ForecastSetup) -> OnlineForecaster | None:
 
 # --- registrations: one line per model -----------------------------------------------------
 register_detector("vigil", _vigil_detector())  # the stream's own logic: bench.replay_harness
-# the same with each fusion rule of DetectorConfig.fusion, and seeds 1 and 2 (`-s1`, `-s2`)
+# variants, for docs/evaluation.md: each fusion rule of DetectorConfig.fusion (`vigil-max`, ...),
+# without the calendar inputs (`vigil-no-calendar`, `vigil-no-calendar-corroborated`, ...), and
+# seeds 1 and 2 of each (`-s1`, `-s2`)
 for _seed in (0, 1, 2):
     _suffix = f"-s{_seed}" if _seed else ""
     if _seed:
         register_detector(f"vigil{_suffix}", _vigil_detector(seed=_seed))
+    register_detector(f"vigil-no-calendar{_suffix}", _vigil_detector(seed=_seed, calendar="off"))
     for _rule in ("likelihood", "novelty", "max", "corroborated"):
         register_detector(f"vigil-{_rule}{_suffix}", _vigil_detector(_rule, _seed))
-    # with the calendar inputs (ModelConfig.calendar "auto")
-    register_detector(f"vigil-calendar{_suffix}", _vigil_detector(seed=_seed, calendar="auto"))
-    register_detector(
-        f"vigil-calendar-corroborated{_suffix}",
-        _vigil_detector("corroborated", _seed, calendar="auto"),
-    )
+        register_detector(
+            f"vigil-no-calendar-{_rule}{_suffix}", _vigil_detector(_rule, _seed, calendar="off")
+        )
 # the novelty part does not depend on the model: no training needed to measure it alone
 register_detector("vigil-novelty-untrained", _vigil_detector("novelty", train=False))
 register_detector("windowed-gaussian", WindowedGaussian)

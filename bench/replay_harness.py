@@ -314,13 +314,8 @@ def nab_group() -> ModelGroup:
     return ModelGroup.model_validate(
         {
             "name": "nab",
-            "model": {
-                "window": 32,
-                "hidden_size": 32,
-                "num_layers": 1,
-                "horizon": 1,
-                "calendar": "off",
-            },
+            # calendar: the default ("auto"), as the stream runs
+            "model": {"window": 32, "hidden_size": 32, "num_layers": 1, "horizon": 1},
             "detector": {"short_window": 30, "long_window": 2000},
         }
     )

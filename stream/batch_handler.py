@@ -161,6 +161,7 @@ class BatchHandler:
                 for key in output.touched
             },
             latest,
+            [p for _runtime, output in outputs for p in output.predictions],
         )
         stage.done("encode")
         return HandledBatch(events, records, write, outputs, produced_at, stage, rejected)

@@ -100,7 +100,10 @@ class VigilStream:
         self.app = faust.App(settings.app_id, **faust_app_options(settings, web_port))
         self.redis = aioredis.Redis.from_url(settings.redis)
         self.store = StateStore(
-            self.redis, settings.app_id, state_ttl_s=settings.stream.state_ttl_s
+            self.redis,
+            settings.app_id,
+            state_ttl_s=settings.stream.state_ttl_s,
+            history=settings.web_history,  # chart points, written with the states
         )
         self.faults = FaultTolerance(on_change=self._outage_changed)
         self.groups = {

@@ -110,3 +110,41 @@ def test_auto_gives_no_context_to_irregular_keys_and_off_gives_no_columns() -> N
     np.testing.assert_array_equal(windows[-1][:, 1:], np.tile(NO_CALENDAR, (6, 1)))
     windows, _ = _run("off", [MONDAY + 60.0 * i for i in range(20)])
     assert windows[-1].shape == (6, 1)
+
+
+@pytest.mark.parametrize("inference", ["window", "stateful"])
+def test_the_model_sees_the_calendar_in_both_inference_modes(inference: str) -> None:
+    """The same values at other times of day get other forecasts (window and stateful mode):
+    the calendar columns reach the network."""
+    import torch
+
+    from vigil.models.forecaster import build_forecaster
+    from vigil.models.inference import InferenceEngine
+
+    group = ModelGroup.model_validate(
+        {"name": "g", "inference": inference,
+         "model": {"window": 8, "horizon": 1, "hidden_size": 8, "num_layers": 1, "calendar": "on"}}
+    )  # fmt: skip
+    model = build_forecaster(group.model, seed=0)
+    with torch.no_grad():
+        model.head.weight.normal_()  # an untrained head is persistence: give it some weight
+    engine = InferenceEngine(model, torch.device("cpu"))
+
+    async def predict(windows: np.ndarray) -> np.ndarray:
+        return engine.predict(windows)
+
+    async def step(x, stored, windows):  # type: ignore[no-untyped-def]
+        return engine.step_keys(x, stored, windows)
+
+    def forecasts(offset: float) -> list[float]:
+        processor = SeriesProcessor(group, predict, lambda: engine.version, step)
+        stamps = [MONDAY + offset + 1800.0 * i for i in range(30)]
+        states: dict = {}
+        out = asyncio.run(processor.process(_events(stamps[:20]), states))
+        out2 = asyncio.run(processor.process(_events(stamps)[20:], states))  # stateful: stored
+        return [p.forecast[0] for p in out.predictions + out2.predictions]
+
+    morning, evening = forecasts(6 * 3600.0), forecasts(18 * 3600.0)
+    assert len(morning) == len(evening) == 30 - 8 + 1
+    assert all(math.isfinite(v) for v in morning)
+    assert morning != evening

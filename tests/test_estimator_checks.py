@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vigil.models.admission import TrainingAdmission
+from vigil.models.calendar import calendar_features
 from vigil.models.conformal import AdaptiveConformal
 from vigil.models.drift import PageHinkley, ResidualDriftMonitor
 from vigil.models.incidents import IncidentDetector
@@ -109,7 +110,7 @@ def _feed_key_state(state: KeyState, t: int, x: float) -> Any:
     vector = [_present(x), None if t % 4 == 0 else _present(x / 2 + 1)]
     state.normalizer.update(vector)
     normalised = state.normalizer.normalize(vector)
-    state.window.push(normalised)
+    state.window.push([*normalised, *calendar_features(1.7e9 + 3600.0 * t)])  # + the calendar
     residual = math.nan
     if state.pending is not None:
         forecast = state.pending.values[0]
@@ -122,7 +123,7 @@ def _feed_key_state(state: KeyState, t: int, x: float) -> Any:
     admitted = state.admission.admit(state.incidents.active)
     for channel, conformal in enumerate(state.conformal):
         conformal.observe(vector[channel])
-    last = state.window.last().astype(np.float64)
+    last = state.window.last().astype(np.float64)[:2]  # the values, not the calendar columns
     raw = last * state.normalizer.std() + np.asarray(state.normalizer.mean)
     horizon = state.conformal[0].horizon
     state.pending = PendingForecast([last.tolist()] * horizon, 0)

@@ -387,3 +387,37 @@ def test_a_window_limit_missing_from_a_messy_file_is_a_clear_error() -> None:
     window = [(np.datetime64(_minute(1), "us"), np.datetime64("2020-01-01 00:02:30", "us"))]
     with pytest.raises(ValueError, match="no row's timestamp"):
         layout_file(stamps, window)
+
+
+def test_cross_validation_chooses_on_other_folds_only(shared_data: Path) -> None:
+    """Held-out: each fold is scored at the threshold (and with the detector) chosen on the
+    other folds; a detector that is perfect on the held-out fold cannot be chosen for it."""
+    from vigil.bench.nab.crossval import cross_validate, folds_of
+
+    files, windows = _corpus(shared_data)
+    files = files[:9]
+    cost = NAB_PROFILES["standard"]
+    fold = folds_of([f.relative_path for f in files], 3)
+    assert sorted(fold.values()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    alone = cross_validate({"numenta": files}, windows, cost, 3)
+    raw = null = perfect = 0.0
+    for k in range(3):
+        train = [f for f in files if fold[f.relative_path] != k]
+        test = [f for f in files if fold[f.relative_path] == k]
+        threshold = score_corpus(train, windows, {"s": cost})["s"].threshold
+        result = score_corpus(test, windows, {"s": cost}, {"s": threshold})["s"]
+        raw, null, perfect = raw + result.raw, null + result.null, perfect + result.perfect
+        assert alone.choices[k] == ("numenta", threshold)
+    assert alone.score == pytest.approx(100 * (raw - null) / (perfect - null))
+    # an oracle that fires at the start of fold 0's windows only: chosen for folds 1 and 2
+    # (it is perfect on fold 0, which they train on) but never for fold 0 itself
+    layouts = layouts_for(files, windows)
+    oracle = []
+    for f in files:
+        scores = np.zeros(len(f.anomaly_scores))
+        if fold[f.relative_path] == 0:
+            for span in layouts[f.relative_path].spans:
+                scores[span.first] = 1.0
+        oracle.append(ScoredFile(f.relative_path, f.timestamps, scores))
+    chosen = cross_validate({"numenta": files, "oracle": oracle}, windows, cost, 3)
+    assert chosen.choices[0][0] == "numenta"

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import math
 
+import orjson
 import redis.asyncio as aioredis
 
 from tests.test_series_processor import PersistencePredictor, events, group, wave
 from vigil.settings import VigilSettings
 from vigil.stream.key_state import KeyState
 from vigil.stream.series_processor import SeriesProcessor
-from vigil.stream.state_store import StateStore
+from vigil.stream.state_store import HISTORY_TTL_S, StateStore
 
 
 async def test_states_and_latest_predictions_round_trip_through_redis(
@@ -53,3 +54,30 @@ async def test_states_and_latest_predictions_round_trip_through_redis(
         assert math.isclose(original.score, again.score, rel_tol=1e-9)
         assert original.forecast == again.forecast and original.upper == again.upper
     assert restored["a"].to_dict() == states["a"].to_dict()
+
+
+async def test_chart_points_are_written_with_the_states_and_replays_are_not_doubled(
+    services: VigilSettings, run_id: str
+) -> None:
+    """With history on, each prediction's chart point lands in the same transaction as the
+    states; writing the same batch again (a redelivery) leaves one point per prediction."""
+    client = aioredis.Redis.from_url(services.redis)
+    store = StateStore(client, f"vigil-test-{run_id}", history=True)
+    try:
+        processor = SeriesProcessor(group(), PersistencePredictor(), lambda: "v1")
+        states: dict = {}
+        out = await processor.process(events("a", wave(30)), states)
+        write = store.encode(
+            {("g", "a"): states["a"].to_dict()},
+            {"a": out.predictions[-1].model_dump_json().encode()},
+            out.predictions,
+        )
+        await store.write(write)
+        await store.write(write)  # replayed: Redis refuses the points, the states still land
+        entries = await client.xrange(store.history_key("a"))
+        assert len(entries) == len(out.predictions) > 0
+        first = orjson.loads(entries[0][1][b"p"])
+        assert first["t"] == out.predictions[0].timestamp and first["v"] == "v1"
+        assert 0 < await client.ttl(store.history_key("a")) <= HISTORY_TTL_S
+    finally:
+        await client.aclose()

@@ -341,6 +341,11 @@ class VigilSettings(BaseSettings):
     web_token: SecretStr | None = Field(
         None, description="bearer token for the web UI's write actions; unset = read-only"
     )
+    web_history: bool = Field(
+        True,
+        description="keep each key's chart history in Redis (a consumer of the output topics in"
+        " the worker); off saves that work: charts then start from the page's first live point",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     topics: TopicNames = Field(default_factory=TopicNames)
     batch: BatchConfig = Field(default_factory=BatchConfig)

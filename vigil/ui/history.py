@@ -1,10 +1,10 @@
-"""Per-key history for the web UI: a capped Redis stream per key, fed from the output topics.
+"""Per-key history for the web UI: capped Redis streams per key.
 
-The worker's commit path writes only each key's *latest* prediction (one transaction with the
-states, see :mod:`vigil.stream.state_store`). A chart needs the last few hundred, so the UI keeps
-its own copy, written by :class:`HistoryRecorder` — a Faust service in the worker with its own
-Kafka consumer (group ``{app_id}-ui``) on the predictions, alerts and drift topics. It shares
-nothing with the stream's batch path but the event loop, like the alerting service.
+Chart points are written by the worker's batch commit, in the same Redis transaction as the
+states (:mod:`vigil.stream.state_store`, ``VIGIL_WEB_HISTORY``): one ``XADD`` per prediction,
+nothing re-read from Kafka. Alerts and drift events, a few per incident, are recorded here by
+:class:`HistoryRecorder` — a Faust service in the worker with its own Kafka consumer (group
+``{app_id}-ui``) on the alerts and drift topics.
 
 Layout (``U = vigil:{app_id}:ui``)::
 
@@ -16,7 +16,7 @@ Layout (``U = vigil:{app_id}:ui``)::
                              field "e" = JSON; capped at EVENTS_PER_KEY
 
 Entry ids are data timestamps, so ``XRANGE`` by time serves the time-range selector and a
-prediction read twice (a redelivery after a restart) is refused by Redis as "id not greater than
+prediction made twice (a redelivery after a restart) is refused by Redis as "id not greater than
 the last" instead of doubling a point. The server-sent event stream of a key page reads the same
 two streams with ``XREAD BLOCK``, so any worker can serve any key's page.
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from typing import Any
 
 import faust
@@ -38,12 +37,13 @@ from redis.exceptions import RedisError
 
 from vigil.connectors.producer import kafka_client_options
 from vigil.settings import VigilSettings
+from vigil.stream.state_store import HISTORY_POINTS, HISTORY_TTL_S
+
+__all__ = ["HISTORY_POINTS", "HISTORY_TTL_S", "HistoryRecorder", "HistoryWriter", "UiKeys"]
 
 log = logging.getLogger(__name__)
 
-HISTORY_POINTS = 500
 EVENTS_PER_KEY = 200
-HISTORY_TTL_S = 7 * 86_400
 RETRY_PAUSE_S = 1.0
 
 
@@ -58,29 +58,6 @@ class UiKeys:
 
     def events(self, key: str) -> str:
         return f"{self.prefix}:events:{key}"
-
-
-def _first(values: Any) -> float | None:
-    if isinstance(values, list) and values and isinstance(values[0], int | float):
-        value = float(values[0])
-        return value if math.isfinite(value) else None
-    return None
-
-
-def compact_point(prediction: dict[str, Any]) -> dict[str, Any]:
-    """What the chart needs of one prediction: the observation, the one-step-ahead forecast and
-    its interval (made at this point, for the next one), score, anomaly flag, model version."""
-    observed = prediction.get("observed")
-    return {
-        "t": float(prediction["timestamp"]),
-        "y": observed if isinstance(observed, int | float) else None,
-        "f": _first(prediction.get("forecast")),
-        "l": _first(prediction.get("lower")),
-        "u": _first(prediction.get("upper")),
-        "s": prediction.get("score"),
-        "a": bool(prediction.get("anomaly")),
-        "v": (prediction.get("provenance") or {}).get("model_version"),
-    }
 
 
 def alert_event(alert: dict[str, Any]) -> dict[str, Any]:
@@ -105,11 +82,6 @@ def drift_event(drift: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def entry_id(ts: float) -> str:
-    """The stream id of a point: its data time in ms (sequence 1, so time 0 is still valid)."""
-    return f"{max(0, int(ts * 1000))}-1"
-
-
 class HistoryWriter:
     """Turns output records into pipelined writes of the per-key streams."""
 
@@ -132,12 +104,7 @@ class HistoryWriter:
                 continue
             key = doc["key"]
             try:
-                if topic == self.topics.predictions:
-                    point = compact_point(doc)
-                    name = self.keys.history(key)
-                    pipe.xadd(name, {"p": orjson.dumps(point)}, id=entry_id(point["t"]),
-                              maxlen=HISTORY_POINTS, approximate=True)  # fmt: skip
-                elif topic == self.topics.alerts:
+                if topic == self.topics.alerts:
                     name = self.keys.events(key)
                     pipe.xadd(name, {"e": orjson.dumps(alert_event(doc))},
                               maxlen=EVENTS_PER_KEY, approximate=True)  # fmt: skip
@@ -156,12 +123,11 @@ class HistoryWriter:
         if not queued:
             return 0
         results = await pipe.execute(raise_on_error=False)
-        # an id not above the stream's last (a redelivered record) is refused: that is the dedup
         return sum(1 for r in results[:queued] if not isinstance(r, Exception))
 
 
 class HistoryRecorder(faust.Service):
-    """The worker-side writer: consumes the output topics (group ``{app_id}-ui``) into Redis."""
+    """The worker-side writer: consumes the alerts and drift topics (group ``{app_id}-ui``)."""
 
     def __init__(self, settings: VigilSettings, **kwargs: Any) -> None:
         self.settings = settings
@@ -181,7 +147,7 @@ class HistoryRecorder(faust.Service):
         topics = self.settings.topics
         self._redis = Redis.from_url(self.settings.redis)
         self._consumer = AIOKafkaConsumer(
-            topics.predictions, topics.alerts, topics.drift,
+            topics.alerts, topics.drift,
             bootstrap_servers=self.settings.bootstrap, group_id=f"{self.settings.app_id}-ui",
             enable_auto_commit=True, auto_offset_reset="earliest",
             **kafka_client_options(self.settings),
