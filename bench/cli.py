@@ -49,6 +49,10 @@ def pipeline(
     training: Annotated[
         bool, typer.Option(help="online fine-tuning on (the default group's setting) or off")
     ] = True,
+    inference: Annotated[
+        str,
+        typer.Option(help="the group's inference mode: window, or stateful (one step per event)"),
+    ] = "window",
 ) -> None:
     """End to end on the local broker: max events/s vs a bare Faust passthrough, latency at half
     load, and overload at 1.5x and 2x capacity (in-worker latency, pauses, lag, nothing lost)."""
@@ -62,8 +66,13 @@ def pipeline(
     )
     from vigil.settings import ModelGroup, TrainingConfig, settings_or_exit
 
+    if inference not in ("window", "stateful"):
+        typer.echo(f"--inference must be window or stateful, got {inference!r}", err=True)
+        raise typer.Exit(2)
     plan = PipelinePlan(
-        group=ModelGroup(name="default", training=TrainingConfig(enabled=training)),
+        group=ModelGroup(
+            name="default", inference=inference, training=TrainingConfig(enabled=training)
+        ),
         keys=keys,
         events_per_key=events_per_key,
         latency_seconds=latency_seconds,

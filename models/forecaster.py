@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
-from vigil.models.cells import CELLS, RecurrentCell, State
 from vigil.models.calendar import CALENDAR_FEATURES
+from vigil.models.cells import CELLS, RecurrentCell, State
 from vigil.models.config import ModelConfig
 
 log = logging.getLogger(__name__)

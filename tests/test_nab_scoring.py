@@ -324,7 +324,8 @@ def _messy_results(root: Path) -> Path:
     results = root / "results" / "mine" / "cat"
     results.mkdir(parents=True)
     lines = ["timestamp,value,anomaly_score"]
-    lines += [f"{_minute(m)},{i},{s}" for i, (m, s) in enumerate(zip(MESSY_MINUTES, MESSY_SCORES))]
+    rows = enumerate(zip(MESSY_MINUTES, MESSY_SCORES, strict=True))
+    lines += [f"{_minute(m)},{i},{s}" for i, (m, s) in rows]
     (results / "mine_messy.csv").write_text("\n".join(lines) + "\n")
     labels = root / "windows.json"
     labels.write_text(json.dumps({"cat/messy.csv": MESSY_WINDOWS}))

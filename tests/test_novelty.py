@@ -83,7 +83,8 @@ def test_fusion_rules(rule: str, likelihood: float, novelty: float, expected: fl
 def test_uncorroborated_evidence_never_reaches_the_threshold() -> None:
     below = fuse_scores("corroborated", 1.0, CORROBORATION / 2, 0.99)
     assert below < 0.99
-    assert fuse_scores("corroborated", 0.9, 0.0, 0.99) < fuse_scores("corroborated", 0.95, 0.0, 0.99)
+    lower = fuse_scores("corroborated", 0.9, 0.0, 0.99)
+    assert lower < fuse_scores("corroborated", 0.95, 0.0, 0.99)
 
 
 @pytest.mark.parametrize("fusion", ["likelihood", "max", "corroborated", "novelty"])

@@ -99,8 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             in_sample = score_corpus(files, windows, {profile: cost})[profile].normalised
             alone = cross_validate({name: files}, windows, cost, args.folds)
             entry[name] = {"in_sample": round(in_sample, 2), "held_out": round(alone.score, 2)}
-            print(f"{profile:20s} {name:32s} in-sample {in_sample:6.2f}  held-out {alone.score:6.2f}",
-                  file=sys.stderr)  # fmt: skip
+            line = f"in-sample {in_sample:6.2f}  held-out {alone.score:6.2f}"
+            print(f"{profile:20s} {name:32s} {line}", file=sys.stderr)
         if len(corpora) > 1:
             chosen = cross_validate(corpora, windows, cost, args.folds)
             entry["chosen_per_fold"] = {

@@ -188,12 +188,12 @@ def _layout_in_file_order(
     first_row: dict[int, int] = {}
     for i, ts in enumerate(stamps):
         first_row.setdefault(ts, i)
-    pending = []
+    pending: list[tuple[int, int]] = []  # (start, end) in microseconds
     for start, end in sorted(windows, key=lambda w: w[0]):
         if end < start:
             raise ValueError(f"anomaly window ends before it starts: [{start}, {end}]")
-        limits = (int(np.datetime64(start, "us").astype(np.int64)),
-                  int(np.datetime64(end, "us").astype(np.int64)))  # fmt: skip
+        micros = np.array([start, end], dtype="datetime64[us]").astype(np.int64).tolist()
+        limits = (int(micros[0]), int(micros[1]))
         for name, limit in zip(("start", "end"), limits, strict=True):
             if limit not in first_row:
                 raise ValueError(
@@ -212,9 +212,9 @@ def _layout_in_file_order(
         if pending and ts == pending[0][0]:
             if current is not None:  # NAB enters the next window even from inside one
                 spans.append(WindowSpan(entered_at, i - 1))
-            start, end = pending.pop(0)
-            right = first_row[end]
-            current = (end, right, float(right - first_row[start] + 1))
+            start_us, end_us = pending.pop(0)
+            right = first_row[end_us]
+            current = (end_us, right, float(right - first_row[start_us] + 1))
             entered_at = i
         if current is not None:
             window_of_row[i] = len(spans)
