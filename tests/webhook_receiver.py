@@ -56,16 +56,17 @@ class WebhookReceiver:
     max_in_flight: int = 0
     _runner: web.AppRunner | None = None
     url: str = ""
+    path: str = "/hook"
 
     async def __aenter__(self) -> Self:
         app = web.Application()
-        app.router.add_post("/hook", self._handle)
+        app.router.add_post(self.path, self._handle)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}/hook"
+        self.url = f"http://127.0.0.1:{port}{self.path}"
         return self
 
     async def __aexit__(

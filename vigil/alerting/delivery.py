@@ -46,6 +46,9 @@ from vigil.records import Alert
 from vigil.settings import WebhookEndpoint
 
 log = logging.getLogger(__name__)
+# httpx logs every request's full URL at INFO, and webhook URLs carry tokens (Slack's path,
+# a query key): Vigil logs deliveries itself, with the URL masked.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 WEBHOOK_DELIVERIES = Counter(
     "vigil_webhook_deliveries",
