@@ -368,9 +368,7 @@ def test_repeated_and_out_of_order_timestamps_are_scored_by_nabs_rule(tmp_path: 
 
     # end to end: `vigil eval nab-score` on the file, at a given threshold
     thresholds = tmp_path / "thresholds.json"
-    thresholds.write_text(
-        json.dumps({"mine": {p: {"threshold": 0.5} for p in NAB_PROFILES}})
-    )
+    thresholds.write_text(json.dumps({"mine": {p: {"threshold": 0.5} for p in NAB_PROFILES}}))
     result = CliRunner().invoke(app, [
         "nab-score", "--results", str(tmp_path / "results"), "--labels", str(labels),
         "--detector", "mine", "--thresholds", str(thresholds), "--json",

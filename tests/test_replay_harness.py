@@ -234,7 +234,11 @@ def test_vigil_scores_a_real_file_with_repeated_and_out_of_order_rows(
     data.write_text("\n".join([header, *rows]) + "\n")
     labels = shared_data / "nab" / "labels" / "combined_windows.json"
     run = run_corpus(
-        "vigil", tmp_path / "data", read_windows(labels), tmp_path / "out", workers=1,
+        "vigil",
+        tmp_path / "data",
+        read_windows(labels),
+        tmp_path / "out",
+        workers=1,
         progress=False,
     )
     scores = run.files[0].anomaly_scores

@@ -302,6 +302,7 @@ def test_a_stateful_group_keeps_its_hidden_state_in_redis_across_a_restart(
         worker.wait_ready()
         got = asyncio.run(read_topic(settings, settings.topics.predictions, count=n - WINDOW + 1))
         assert len(got) == n - WINDOW + 1
+
         def saved_after_all() -> dict:
             state = json.loads(redis_client.get(state_key))  # outputs go out before the state
             assert state["events"] == n
