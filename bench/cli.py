@@ -46,6 +46,12 @@ def pipeline(
     small_model: Annotated[
         bool, typer.Option("--small-model", help="also measure a small model's max throughput")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, help="also drain the backlog with this many workers side by side (scale-out)"
+        ),
+    ] = 1,
     training: Annotated[
         bool, typer.Option(help="online fine-tuning on (the default group's setting) or off")
     ] = True,
@@ -78,6 +84,7 @@ def pipeline(
         latency_seconds=latency_seconds,
         overload_seconds=overload_seconds,
         small_group=small_model_group() if small_model else None,
+        workers=workers,
     )
     result = run_pipeline_bench(
         settings_or_exit(), plan, progress=lambda m: typer.echo(f"… {m}", err=True)

@@ -78,6 +78,7 @@ class PipelinePlan:
     overload_factors: tuple[float, ...] = (1.5, 2.0)
     group: ModelGroup = field(default_factory=lambda: ModelGroup(name="default"))
     small_group: ModelGroup | None = None  # also measure max throughput with this group
+    workers: int = 1  # > 1: also drain the backlog with this many workers side by side
     backlog_interval_s: float = 0.05
     timeout_s: float = 180.0
     log_dir: Path = Path(".vigil/bench")
@@ -154,6 +155,8 @@ class PipelineBenchResult:
     vigil: Throughput | None = None
     small_model: Throughput | None = None
     small_model_config: dict[str, Any] | None = None
+    scale_out: Throughput | None = None  # ``workers`` workers draining one backlog together
+    workers: int = 1
     redis_state_ok: bool = False
     redis_state_detail: str = ""
     latency: LatencyPhase | None = None
@@ -235,6 +238,20 @@ class PipelineBench:
                     ),
                 }
             )
+        self.scale_settings: VigilSettings | None = None
+        if plan.workers > 1:
+            self.scale_settings = self.settings.model_copy(
+                update={
+                    "app_id": f"vigil-bench-{run}-scale",
+                    "topics": topics.model_copy(
+                        update={
+                            "readings": f"bench-{run}.scale-readings",
+                            "predictions": f"bench-{run}.scale-predictions",
+                            "model_versions": f"bench-{run}.scale-model-versions",
+                        }
+                    ),
+                }
+            )
         self.series = ReadingSeries(plan.keys, partitions, seed=7)
         self.workers: list[WorkerSubprocess] = []
         self.result = PipelineBenchResult(
@@ -250,9 +267,13 @@ class PipelineBench:
         )
 
     @property
+    def _all_settings(self) -> list[VigilSettings | None]:
+        return [self.settings, self.passthrough_settings, self.small_settings, self.scale_settings]
+
+    @property
     def topic_names(self) -> list[str]:
         names: list[str] = []
-        for s in (self.settings, self.passthrough_settings, self.small_settings):
+        for s in self._all_settings:
             if s is not None:
                 t = s.topics
                 names += [t.readings, t.predictions, t.alerts, t.dead_letters]
@@ -279,6 +300,8 @@ class PipelineBench:
                 self._stop_workers()
                 if self.small_settings is not None:
                     await self._small_model_phase(self.small_settings)
+                if self.scale_settings is not None:
+                    await self._scale_out_phase(self.scale_settings)
         finally:
             self._stop_workers()
             await self._clean_up()
@@ -299,14 +322,18 @@ class PipelineBench:
         self.say("bare Faust passthrough draining the backlog")
         with self._worker(self.passthrough_settings, "passthrough", PASSTHROUGH) as worker:
             self.result.passthrough = await self._drain_rate(
-                worker, self.passthrough_settings, "faust passthrough", total, lambda _: 0
+                worker.check_alive,
+                self.passthrough_settings,
+                "faust passthrough",
+                total,
+                lambda _: 0,
             )
         self.say(f"vigil worker ({_describe(plan.group)}) draining the backlog")
         vigil = self._start(self.settings, "vigil", VIGIL_WORKER)
         self.vigil_worker = vigil
         expected_per_key = plan.events_per_key - plan.group.model.window + 1
         self.result.vigil = await self._drain_rate(
-            vigil,
+            vigil.check_alive,
             self.settings,
             "vigil",
             plan.keys * expected_per_key,
@@ -333,7 +360,7 @@ class PipelineBench:
         expected_per_key = self.plan.events_per_key - group.model.window + 1
         with self._worker(settings, "vigil-small", VIGIL_WORKER) as worker:
             self.result.small_model = await self._drain_rate(
-                worker,
+                worker.check_alive,
                 settings,
                 "vigil, small model",
                 self.plan.keys * expected_per_key,
@@ -341,9 +368,42 @@ class PipelineBench:
             )
         self.result.small_model_config = group.model.model_dump()
 
+    async def _scale_out_phase(self, settings: VigilSettings) -> None:
+        """N workers in one consumer group share the partitions; the backlog is produced once
+        all of them are ready, so no rebalance falls inside the measured span."""
+        n = self.plan.workers
+        self.say(f"{n} vigil workers side by side")
+        workers = [self._start(settings, f"vigil-scale-{i}", VIGIL_WORKER) for i in range(n)]
+        for worker in workers:
+            await asyncio.to_thread(worker.wait_ready)
+        series = ReadingSeries(self.plan.keys, settings.topics.partitions, seed=7)
+        async with ReadingProducer(
+            settings.bootstrap, settings.topics.readings, series, kafka_client_options(settings)
+        ) as p:
+            await p.backlog(
+                self.plan.events_per_key,
+                interval_s=self.plan.backlog_interval_s,
+                end_ts=time.time() - 1.0,
+            )
+        expected_per_key = self.plan.events_per_key - settings.groups[0].model.window + 1
+
+        def check() -> None:
+            for worker in workers:
+                worker.check_alive()
+
+        self.result.scale_out = await self._drain_rate(
+            check,
+            settings,
+            f"vigil, {n} workers",
+            self.plan.keys * expected_per_key,
+            lambda records: _lost_per_key(records, series.keys, expected_per_key),
+        )
+        self.result.workers = n
+        self._stop_workers()
+
     async def _drain_rate(
         self,
-        worker: WorkerSubprocess,
+        check: Callable[[], None],  # raises if a worker died
         settings: VigilSettings,
         name: str,
         expected: int,
@@ -351,9 +411,7 @@ class PipelineBench:
     ) -> Throughput:
         out = settings.topics.predictions
         start = time.time()
-        waited = await self.reader.wait_for_count(
-            out, expected, self.plan.timeout_s, worker.check_alive
-        )
+        waited = await self.reader.wait_for_count(out, expected, self.plan.timeout_s, check)
         if waited is None:
             raise TimeoutError(
                 f"{name}: fewer than {expected} outputs after {self.plan.timeout_s}s"
@@ -569,7 +627,7 @@ class PipelineBench:
             self.say(f"could not delete bench topics: {exc}")
         client = aioredis.Redis.from_url(self.settings.redis)
         try:
-            for s in (self.settings, self.passthrough_settings, self.small_settings):
+            for s in self._all_settings:
                 if s is not None:
                     doomed = [k async for k in client.scan_iter(f"vigil:{s.app_id}:*", count=500)]
                     if doomed:
@@ -651,7 +709,7 @@ def print_report(result: PipelineBenchResult) -> None:
     rates = Table(title=f"Max throughput, one worker — {title}")
     for column in ("worker", "events/s", "outputs", "span", "start-up", "lost"):
         rates.add_column(column, justify="left" if column == "worker" else "right")
-    for t in (result.passthrough, result.vigil, result.small_model):
+    for t in (result.passthrough, result.vigil, result.small_model, result.scale_out):
         if t is not None:
             rates.add_row(
                 t.name,
@@ -674,6 +732,14 @@ def print_report(result: PipelineBenchResult) -> None:
         console.print(
             f"small model: {s['cell']} hidden {s['hidden_size']} x {s['num_layers']}, "
             f"window {s['window']}"
+        )
+    if result.scale_out is not None and result.vigil is not None:
+        n, total = result.workers, result.scale_out.events_per_s
+        cores = min(n, result.cpus)
+        console.print(
+            f"{n} workers: {total:,.0f} events/s in all, {total / n:,.0f} per worker,"
+            f" {total / cores:,.0f} per core ({cores} of {result.cpus} cores; the broker, Redis"
+            f" and the producer share them); one worker: {result.vigil.events_per_s:,.0f}/s"
         )
     state = "ok" if result.redis_state_ok else "WRONG"
     console.print(f"Redis state after the backlog: {state} — {result.redis_state_detail}")

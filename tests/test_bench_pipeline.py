@@ -86,6 +86,7 @@ def test_small_pipeline_run_measures_every_phase_and_loses_nothing(
         overload_seconds=2.0,
         group=group,
         timeout_s=60.0,
+        workers=2,
     )
     result = run_pipeline_bench(services, plan)
     data = json.loads(json.dumps(result.to_json()))  # what --json prints as its last line
@@ -96,6 +97,10 @@ def test_small_pipeline_run_measures_every_phase_and_loses_nothing(
     assert data["passthrough"]["records"] == 8 * 100  # every reading forwarded
     assert data["vigil"]["records"] == 8 * (100 - 8 + 1)  # one prediction once a window is full
     assert data["ratio"] > 0
+    # two workers side by side drain the same backlog between them, nothing lost or doubled
+    assert data["workers"] == 2 and data["scale_out"]["events_per_s"] > 0
+    assert data["scale_out"]["records"] == 8 * (100 - 8 + 1)
+    assert data["scale_out"]["lost"] == 0
     assert data["redis_state_ok"], data["redis_state_detail"]
 
     latency = data["latency"]
