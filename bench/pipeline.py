@@ -345,8 +345,9 @@ class PipelineBench:
         self.result.vigil.stage_ms = _stage_means_ms(drained)
         await self._check_redis_state()
 
-    async def _small_model_phase(self, settings: VigilSettings) -> None:
-        group = settings.groups[0]
+    async def _backlog_on(self, settings: VigilSettings) -> ReadingSeries:
+        """The same backlog as phase 1, on ``settings``' own readings topic (the main one has
+        the paced phases)."""
         series = ReadingSeries(self.plan.keys, settings.topics.partitions, seed=7)
         async with ReadingProducer(
             settings.bootstrap, settings.topics.readings, series, kafka_client_options(settings)
@@ -355,7 +356,12 @@ class PipelineBench:
                 self.plan.events_per_key,
                 interval_s=self.plan.backlog_interval_s,
                 end_ts=time.time() - 1.0,
-            )  # the same backlog, on a topic of its own (the main one has the paced phases)
+            )
+        return series
+
+    async def _small_model_phase(self, settings: VigilSettings) -> None:
+        group = settings.groups[0]
+        series = await self._backlog_on(settings)
         self.say(f"vigil worker with a small model ({_describe(group)}) draining the backlog")
         expected_per_key = self.plan.events_per_key - group.model.window + 1
         with self._worker(settings, "vigil-small", VIGIL_WORKER) as worker:
@@ -376,15 +382,7 @@ class PipelineBench:
         workers = [self._start(settings, f"vigil-scale-{i}", VIGIL_WORKER) for i in range(n)]
         for worker in workers:
             await asyncio.to_thread(worker.wait_ready)
-        series = ReadingSeries(self.plan.keys, settings.topics.partitions, seed=7)
-        async with ReadingProducer(
-            settings.bootstrap, settings.topics.readings, series, kafka_client_options(settings)
-        ) as p:
-            await p.backlog(
-                self.plan.events_per_key,
-                interval_s=self.plan.backlog_interval_s,
-                end_ts=time.time() - 1.0,
-            )
+        series = await self._backlog_on(settings)
         expected_per_key = self.plan.events_per_key - settings.groups[0].model.window + 1
 
         def check() -> None:

@@ -32,21 +32,14 @@ import httpx
 import pytest
 import redis
 from aiokafka.admin import AIOKafkaAdminClient
-from pydantic import SecretStr
 
+from tests.alerting_worker import alerting_worker_settings
 from tests.kafka_io import produce, read_topic, reading, values
 from tests.webhook_receiver import WebhookReceiver, wait_until
 from tests.worker_process import WorkerProcess
 from vigil.settings import (
-    AlertingConfig,
-    BatchConfig,
-    DetectorConfig,
-    ModelConfig,
-    ModelGroup,
     StreamConfig,
-    TrainingConfig,
     VigilSettings,
-    WebhookEndpoint,
 )
 from vigil.topics import ensure_topics
 
@@ -104,26 +97,8 @@ async def test_an_alert_reproduced_after_a_crash_is_delivered_once(
     settings: VigilSettings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     async with WebhookReceiver() as receiver:
-        configured = settings.model_copy(
-            update={
-                "groups": [
-                    ModelGroup(
-                        name="sensors",
-                        model=ModelConfig(hidden_size=8, num_layers=1, window=8, horizon=1),
-                        training=TrainingConfig(enabled=False),
-                        detector=DetectorConfig(warmup_events=20, cooldown_events=5),
-                    )
-                ],
-                "batch": BatchConfig(max_size=64, max_wait_ms=5),
-                "stream": StreamConfig(session_timeout_s=6),  # the broker's minimum
-                "webhooks": [
-                    WebhookEndpoint.model_validate({"url": receiver.url, "min_severity": "info"})
-                ],
-                "webhook_signing_key": SecretStr("s3cret"),
-                "alerting": AlertingConfig.model_validate(
-                    {"group_wait_s": 0.2, "group_interval_s": 0.5}
-                ),
-            }
+        configured = alerting_worker_settings(
+            settings, receiver.url, "s3cret", stream=StreamConfig(session_timeout_s=6)
         )
         await ensure_topics(configured)
         first = WorkerProcess(configured, tmp_path, "worker-1").start()

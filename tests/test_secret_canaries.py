@@ -18,20 +18,14 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from tests.alerting_worker import alerting_worker_settings
 from tests.kafka_io import produce, reading
 from tests.webhook_receiver import WebhookReceiver, wait_until
 from tests.worker_process import WorkerProcess
 from vigil.bench.drills import DrillRedis
 from vigil.bench.worker_subprocess import worker_env
 from vigil.settings import (
-    AlertingConfig,
-    BatchConfig,
-    DetectorConfig,
-    ModelConfig,
-    ModelGroup,
-    TrainingConfig,
     VigilSettings,
-    WebhookEndpoint,
 )
 from vigil.topics import ensure_topics
 
@@ -53,30 +47,13 @@ async def test_no_secret_reaches_a_log_or_an_output(
     path = f"/services/T0/{CANARIES['webhook url token']}"
     try:
         async with WebhookReceiver(signing_key=CANARIES["signing key"], path=path) as receiver:
-            configured = settings.model_copy(
-                update={
-                    "redis_url": redis_server.url,
-                    "kafka_sasl_password": SecretStr(CANARIES["sasl password"]),
-                    "web_token": SecretStr(CANARIES["web token"]),
-                    "groups": [
-                        ModelGroup(
-                            name="sensors",
-                            model=ModelConfig(hidden_size=8, num_layers=1, window=8, horizon=1),
-                            training=TrainingConfig(enabled=False),
-                            detector=DetectorConfig(warmup_events=20, cooldown_events=5),
-                        )
-                    ],
-                    "batch": BatchConfig(max_size=64, max_wait_ms=5),
-                    "webhooks": [
-                        WebhookEndpoint.model_validate(
-                            {"url": receiver.url, "min_severity": "info"}
-                        )
-                    ],
-                    "webhook_signing_key": SecretStr(CANARIES["signing key"]),
-                    "alerting": AlertingConfig.model_validate(
-                        {"group_wait_s": 0.2, "group_interval_s": 0.5}
-                    ),
-                }
+            configured = alerting_worker_settings(
+                settings,
+                receiver.url,
+                CANARIES["signing key"],
+                redis_url=redis_server.url,
+                kafka_sasl_password=SecretStr(CANARIES["sasl password"]),
+                web_token=SecretStr(CANARIES["web token"]),
             )
             await ensure_topics(configured)
             worker = WorkerProcess(configured, tmp_path).start()

@@ -10,20 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
+from tests.alerting_worker import alerting_worker_settings
 from tests.kafka_io import produce, reading
 from tests.webhook_receiver import WebhookReceiver, wait_until
 from tests.worker_process import WorkerProcess
 from vigil.settings import (
-    AlertingConfig,
-    BatchConfig,
-    DetectorConfig,
-    ModelConfig,
-    ModelGroup,
-    TrainingConfig,
     VigilSettings,
-    WebhookEndpoint,
 )
 from vigil.topics import ensure_topics
 
@@ -41,26 +34,7 @@ async def test_stream_alerts_reach_the_webhook_and_silences_hold_them(
 ) -> None:
     monkeypatch.setenv("VIGIL_WEB_TOKEN", "t0ken")  # the worker's writes need it (vigil.ui)
     async with WebhookReceiver(signing_key="s3cret") as receiver:
-        configured = settings.model_copy(
-            update={
-                "groups": [
-                    ModelGroup(
-                        name="sensors",
-                        model=ModelConfig(hidden_size=8, num_layers=1, window=8, horizon=1),
-                        training=TrainingConfig(enabled=False),
-                        detector=DetectorConfig(warmup_events=20, cooldown_events=5),
-                    )
-                ],
-                "batch": BatchConfig(max_size=64, max_wait_ms=5),
-                "webhooks": [
-                    WebhookEndpoint.model_validate({"url": receiver.url, "min_severity": "info"})
-                ],
-                "webhook_signing_key": SecretStr("s3cret"),
-                "alerting": AlertingConfig.model_validate(
-                    {"group_wait_s": 0.2, "group_interval_s": 0.5}
-                ),
-            }
-        )
+        configured = alerting_worker_settings(settings, receiver.url, "s3cret")
         await ensure_topics(configured)
         worker = WorkerProcess(configured, tmp_path).start()
         try:
