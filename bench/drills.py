@@ -515,6 +515,36 @@ async def broker_outage(base: VigilSettings, workdir: Path, short: bool) -> Dril
         await asyncio.to_thread(broker.stop)
 
 
+async def sigterm_during_outage(base: VigilSettings, workdir: Path, short: bool) -> DrillOutcome:
+    """A worker told to stop (SIGTERM) while Redis is away stops within seconds, and a new
+    worker, once Redis is back, processes what the first could not save."""
+    drill_redis = DrillRedis(workdir / "sigterm-outage").start()
+    settings = drill_settings(base.model_copy(update={"redis_url": drill_redis.url}))
+    await ensure_topics(settings)
+    run = DrillRun("sigterm_during_outage", settings, workdir)
+    keys = ["k0", "k1"]
+    try:
+        worker = run.worker()
+        await asyncio.to_thread(worker.wait_ready)
+        await run.feed(_series(settings.topics.readings, keys, 30))
+        await asyncio.sleep(2)
+        drill_redis.stop()
+        await run.feed(_series(settings.topics.readings, keys, 30, start=30))
+        await asyncio.sleep(3)
+        asked = time.monotonic()
+        await asyncio.to_thread(worker.stop)  # SIGTERM, SIGKILL after 30 s
+        took = time.monotonic() - asked
+        run.checks["stopped within 15 s of SIGTERM during the outage"] = took < 15
+        run.notes.append(f"stopped {took:.1f} s after SIGTERM")
+        drill_redis.start()
+        back = time.monotonic()
+        recovery = None if await run.process_backlog() is None else time.monotonic() - back
+        return await run.verdict(recovery, recovery is None)
+    finally:
+        run.stop_workers()
+        drill_redis.stop()
+
+
 async def reorder_in_batch(base: VigilSettings, workdir: Path, short: bool) -> DrillOutcome:
     """#3 and #5: ten swapped timestamp pairs and one year-9999 reading in one backlog: every
     swapped reading is put back in order and predicted; the year-9999 one is dead-lettered as
@@ -712,6 +742,7 @@ DRILLS: dict[str, Drill] = {
     "redis_outage": redis_outage,
     "redis_outage_with_kill": lambda b, w, s: redis_outage(b, w, s, kill_during=True),
     "broker_outage": broker_outage,
+    "sigterm_during_outage": sigterm_during_outage,
     "reorder_in_batch": reorder_in_batch,
     "huge_value": huge_value,
     "far_future": far_future,

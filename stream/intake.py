@@ -112,10 +112,11 @@ class Intake:
                     if committing is not None:
                         await committing  # batches commit in order, one behind the next
                     committing = self._commit_soon(handled)
-            finally:
+            finally:  # stopping: let the last commit finish, unless an outage holds it
                 if committing is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(committing)
+                    done, _ = await asyncio.wait({committing}, timeout=REVOCATION_GRACE_S)
+                    if not done:
+                        committing.cancel()  # unacked: Kafka redelivers its events
 
         ingest.__name__ = f"ingest_{topic_name.replace('.', '_').replace('-', '_')}"
         self.app.agent(topic, name=f"vigil.ingest.{topic_name}")(ingest)

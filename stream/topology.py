@@ -28,7 +28,7 @@ from vigil.stream.batch_commit import BatchCommit
 from vigil.stream.batch_handler import BatchHandler
 from vigil.stream.group_runtime import GroupRuntime
 from vigil.stream.headroom import LoopHeadroom
-from vigil.stream.intake import Intake
+from vigil.stream.intake import REVOCATION_GRACE_S, Intake
 from vigil.stream.key_cache import KeyStateCache
 from vigil.stream.metrics import VigilMetrics
 from vigil.stream.output_producer import OutputProducer
@@ -80,6 +80,10 @@ def faust_app_options(settings: VigilSettings, web_port: int | None = None) -> d
         "broker_commit_every": 500,
         "broker_commit_interval": 1.0,
         "producer_acks": -1,
+        # On stop Faust would wait for every unacked event; during an outage that is forever.
+        # VigilStream.finish_before_stop waits for the batches being committed instead, a few
+        # seconds at most; what is still unacked then is redelivered to the next owner.
+        "stream_wait_empty": False,
         "broker_session_timeout": stream.session_timeout_s,
         "broker_heartbeat_interval": max(1.0, stream.session_timeout_s / 4),
         # the bound on in-worker buffering: a full buffer pauses its busiest partitions
@@ -177,6 +181,14 @@ class VigilStream:
             return bool(await asyncio.wait_for(client.fetch_all_metadata(), 2.0))
         except Exception:
             return False
+
+    async def finish_before_stop(self) -> None:
+        """Let the batches being committed finish (a few seconds at most), then give up the
+        ones an outage holds: they stay unacked, so Kafka redelivers their events."""
+        committing = set(self.intake.committing)
+        if committing:
+            await asyncio.wait(committing, timeout=REVOCATION_GRACE_S)
+        self.faults.abandon.set()
 
     def queue_depth(self) -> int:
         return sum(g.queue_depth for g in self.groups.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from typing import Any
 
 import torch
 from faust import Worker
@@ -26,5 +27,17 @@ def run_worker(
     asyncio.run(ensure_topics(settings))
     stream = VigilStream(settings, web_port=web_port)
     logging.getLogger("vigil").setLevel(loglevel.upper())
-    worker = Worker(stream.app, loglevel=loglevel, quiet=True)
+    worker = _VigilWorker(stream, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()
+
+
+class _VigilWorker(Worker):
+    """Faust's worker, with a bounded wait for the batches being committed when it stops."""
+
+    def __init__(self, stream: VigilStream, **kwargs: Any) -> None:
+        self.stream = stream
+        super().__init__(stream.app, **kwargs)
+
+    async def on_stop(self) -> None:
+        await self.stream.finish_before_stop()  # runs before the app and its consumer stop
+        await super().on_stop()
