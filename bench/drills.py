@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
+from vigil.bench.prometheus_histogram import sample_total
 from vigil.bench.worker_subprocess import WorkerSubprocess, free_port
 from vigil.connectors.producer import kafka_client_options
 from vigil.settings import (
@@ -660,11 +661,11 @@ async def idle_keys(base: VigilSettings, workdir: Path, short: bool) -> DrillOut
         worker.wait_ready()
         rss_empty = _rss_kb(worker)
         run.checks["the backlog was processed"] = await run.settle(timeout_s=900) is not None
-        peak = _gauge(worker.metrics(), "vigil_keys_in_memory")
+        peak = sample_total(worker.metrics(), "vigil_keys_in_memory")
         rss_full = _rss_kb(worker)
         await asyncio.sleep(4)
-        evicted = _gauge(worker.metrics(), "vigil_keys_evicted_total")
-        in_memory = _gauge(worker.metrics(), "vigil_keys_in_memory")
+        evicted = sample_total(worker.metrics(), "vigil_keys_evicted_total")
+        in_memory = sample_total(worker.metrics(), "vigil_keys_in_memory")
         rss_idle = _rss_kb(worker)
         await run.feed(_series(settings.topics.readings, keys[:10], 4, start=WINDOW))
         recovery = await run.settle()
@@ -720,12 +721,6 @@ async def refused_record(base: VigilSettings, workdir: Path, short: bool) -> Dri
         notes="connector producer (idempotent); the worker's producer is drilled by"
         " oversized_record",
     )  # fmt: skip
-
-
-def _gauge(text: str, name: str) -> float:
-    from vigil.bench.prometheus_histogram import sample_total
-
-    return sample_total(text, name)
 
 
 def _rss_kb(worker: WorkerSubprocess) -> int:

@@ -80,11 +80,6 @@ class StateStore:
     def state_key(self, group: str, key: str) -> str:
         return f"{self.prefix}:state:{group}:{key}"
 
-    async def load_states(self, group: str, keys: list[str]) -> dict[str, dict[str, Any]]:
-        """The stored state of each key that has one (one round trip)."""
-        raw = await self.load_raw(group, keys)
-        return {k: orjson.loads(v) for k, v in raw.items()}
-
     async def load_raw(self, group: str, keys: list[str]) -> dict[str, bytes]:
         """The stored, still encoded state of each key that has one (one round trip)."""
         if not keys:

@@ -9,6 +9,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
+from vigil.records import DeadLetter
 from vigil.settings import VigilSettings
 
 
@@ -54,3 +55,12 @@ async def read_topic(
 
 def values(records: list[ConsumerRecord[bytes, bytes]]) -> list[dict[str, Any]]:
     return [json.loads(r.value) for r in records]
+
+
+async def read_dead_letters(
+    settings: VigilSettings, count: int, *, timeout_s: float = 15.0
+) -> list[DeadLetter]:
+    """The dead-letter topic from the beginning, until ``count`` letters or the time is up."""
+    records = await read_topic(settings, settings.topics.dead_letters, count=count,
+                               timeout_s=timeout_s)  # fmt: skip
+    return [DeadLetter.model_validate_json(r.value) for r in records]

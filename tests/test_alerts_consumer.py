@@ -20,12 +20,12 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 from webhook_receiver import WebhookReceiver, make_alert, wait_until
 
-from tests.kafka_io import produce
+from tests.kafka_io import produce, read_dead_letters
 from vigil.alerting.alert_log import AlertLog, AlertQueryError, parse_query
 from vigil.alerting.consumer import AlertsConsumer, consume_alerts, consumer_group
 from vigil.alerting.web import add_alerting_pages
 from vigil.bench.worker_subprocess import WorkerSubprocess
-from vigil.records import Alert, DeadLetter
+from vigil.records import Alert
 from vigil.settings import AlertingConfig, VigilSettings, WebhookEndpoint
 from vigil.topics import ensure_topics
 
@@ -86,24 +86,6 @@ async def committed_offsets(settings: VigilSettings) -> dict[int, int | None]:
         }
     finally:
         await check.stop()
-
-
-async def read_dead_letters(settings: VigilSettings, count: int) -> list[DeadLetter]:
-    consumer = AIOKafkaConsumer(
-        settings.topics.dead_letters, bootstrap_servers=settings.bootstrap,
-        auto_offset_reset="earliest", enable_auto_commit=False,
-    )  # fmt: skip
-    await consumer.start()
-    letters: list[DeadLetter] = []
-    try:
-        deadline = time.monotonic() + 15
-        while len(letters) < count and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300)
-            for messages in batch.values():
-                letters += [DeadLetter.model_validate_json(m.value) for m in messages]
-    finally:
-        await consumer.stop()
-    return letters
 
 
 async def test_consumer_logs_delivers_dead_letters_and_commits_after_redis(

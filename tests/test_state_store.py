@@ -33,7 +33,10 @@ async def test_states_and_latest_predictions_round_trip_through_redis(
         write = store.encode({("g", k): states[k].to_dict() for k in out.touched}, latest)
         assert set(write.states) == {store.state_key("g", "a"), store.state_key("g", "b")}
         await store.write(write)
-        loaded = await store.load_states("g", ["a", "b", "never-seen"])
+        loaded = {
+            k: orjson.loads(v)
+            for k, v in (await store.load_raw("g", ["a", "b", "never-seen"])).items()
+        }
         newest_a = await store.latest_prediction("a")
     finally:
         await client.delete(*write.states, store.predictions_hash)

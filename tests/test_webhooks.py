@@ -13,19 +13,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from redis.asyncio import Redis
 from webhook_receiver import WebhookReceiver, make_alert, wait_until
 
+from tests.kafka_io import read_dead_letters
 from vigil.alerting.circuit import CircuitBreaker, RetryBudget, full_jitter_backoff
 from vigil.alerting.delivery import retry_window_s
 from vigil.alerting.dispatcher import AlertDispatcher
 from vigil.alerting.payloads import endpoint_id, endpoint_label, render_slack
 from vigil.alerting.routing import Notification
 from vigil.alerting.signing import SIGNATURE_HEADER, sign, signature_problem, verify
-from vigil.records import DeadLetter
 from vigil.settings import AlertingConfig, VigilSettings, WebhookEndpoint
 from vigil.topics import ensure_topics
 
@@ -330,28 +329,6 @@ async def test_restart_in_the_middle_of_retries_neither_resends_nor_drops(
         assert await second.queue.count_pending(eid) == 0
     expected = {f"{a.alert_id}:firing" for a in early + late}
     assert receiver.accepted == dict.fromkeys(expected, 1)
-
-
-async def read_dead_letters(
-    settings: VigilSettings, count: int, *, timeout_s: float = 15.0
-) -> list[DeadLetter]:
-    consumer = AIOKafkaConsumer(
-        settings.topics.dead_letters,
-        bootstrap_servers=settings.bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    letters: list[DeadLetter] = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        while len(letters) < count and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300)
-            for messages in batch.values():
-                letters += [DeadLetter.model_validate_json(m.value) for m in messages]
-    finally:
-        await consumer.stop()
-    return letters
 
 
 async def test_dead_endpoint_sends_to_dead_letter_after_max_attempts(
