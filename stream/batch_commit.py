@@ -77,7 +77,7 @@ class BatchCommit:
         Records go in Kafka batches; a batch the broker refuses is sent again one record per
         batch, so only the record it refuses alone is replaced."""
         pending = list(records)
-        delay = 0.1
+        delay: float | None = None
         while pending:
             results = await self._send_all(pending, False)
             retry: list[OutputRecord] = []
@@ -103,10 +103,7 @@ class BatchCommit:
                             if replacement is not None:
                                 retry.append(replacement)
             if outage is not None:
-                watch = self.faults.watches["kafka"]
-                watch.failed(outage)
-                await self.faults.pause(delay)
-                delay = min(delay * 2, watch.max_delay_s)
+                delay = await self.faults.back_off("kafka", outage, delay)
             elif self.faults.watches["kafka"].down:
                 self.faults.succeeded("kafka")
             pending = retry

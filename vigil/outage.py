@@ -142,15 +142,20 @@ class FaultTolerance:
                 if service is None:
                     raise
                 failed = self.watches[service]
-                failed.failed(exc)
-                delay = (
-                    failed.first_delay_s if delay is None else min(delay * 2, failed.max_delay_s)
-                )
-                await self.pause(delay * random.uniform(0.5, 1.0))
+                delay = await self.back_off(service, exc, delay)
                 continue
             if failed is not None:
                 failed.recovered()
             return result
+
+    async def back_off(self, service: str, exc: BaseException, delay: float | None) -> float:
+        """Note ``service``'s outage, wait the next delay (doubling from the first, capped,
+        jittered) and return it: pass it back in for the next failure of the same wait."""
+        watch = self.watches[service]
+        watch.failed(exc)
+        delay = watch.first_delay_s if delay is None else min(delay * 2, watch.max_delay_s)
+        await self.pause(delay * random.uniform(0.5, 1.0))
+        return delay
 
     def succeeded(self, service: str) -> None:
         self.watches[service].recovered()
