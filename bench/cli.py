@@ -17,18 +17,35 @@ def inference(
     threads: Annotated[
         int, typer.Option(help="torch intra-op threads for the headline (0 = torch's default)")
     ] = 1,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="cpu, cuda, or auto (CUDA when present), as VIGIL_DEVICE; cuda without a GPU"
+            " is an error"
+        ),
+    ] = "cpu",
 ) -> None:
     """Forecaster throughput: batched vs per-window, FLOP rate vs GEMM, stateful vs window."""
     import json
 
     from vigil.bench.inference import print_report, run_inference_bench
+    from vigil.models.config import ConfigError
 
-    result = run_inference_bench(
-        batch=batch,
-        seconds=seconds,
-        threads=threads or None,
-        progress=lambda m: typer.echo(f"… {m}", err=True),
-    )
+    if device not in ("cpu", "cuda", "auto"):
+        raise typer.BadParameter(
+            f"must be cpu, cuda or auto, not {device!r}", param_hint="--device"
+        )
+    try:
+        result = run_inference_bench(
+            batch=batch,
+            seconds=seconds,
+            threads=threads or None,
+            device=device,  # type: ignore[arg-type]
+            progress=lambda m: typer.echo(f"… {m}", err=True),
+        )
+    except ConfigError as error:  # select_device: cuda asked for, none present
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
     print_report(result)
     if json_output:
         typer.echo(json.dumps(result.to_json()))

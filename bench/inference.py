@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from vigil.models.batching import BatchScheduler
+from vigil.models.device import DevicePreference, select_device
 from vigil.models.forecaster import build_forecaster
 from vigil.models.inference import InferenceEngine
 from vigil.settings import BatchConfig, ModelConfig
@@ -54,6 +55,7 @@ class SweepPoint:
 @dataclass
 class InferenceBenchResult:
     model: dict[str, Any]
+    device: str
     threads: int
     load_average: float
     batch: int
@@ -164,13 +166,25 @@ def best_rates(cases: dict[str, Case], seconds: float, repeats: int = 3) -> dict
     return {name: items / fastest[name] for name, (_run, items) in cases.items()}
 
 
-def gemm_cases(sizes: tuple[int, ...] = (1024, 2048)) -> dict[str, Case]:
-    """float32 matmul of large square matrices: this machine's attainable FLOP rate."""
+def gemm_cases(
+    sizes: tuple[int, ...] = (1024, 2048), device: torch.device | None = None
+) -> dict[str, Case]:
+    """float32 matmul of large square matrices: the device's attainable FLOP rate."""
+    device = device or torch.device("cpu")
+    if device.type == "cuda":
+        sizes = (*sizes, 4096)  # a GPU needs larger products to reach its peak
     cases: dict[str, Case] = {}
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        cases[f"gemm{n}"] = (partial(torch.matmul, a, b), 2.0 * n**3)
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        cases[f"gemm{n}"] = (partial(_synchronised_matmul, a, b), 2.0 * n**3)
     return cases
+
+
+def _synchronised_matmul(a: torch.Tensor, b: torch.Tensor) -> None:
+    """CUDA kernels are queued, not run: time the product, not its launch."""
+    torch.matmul(a, b)
+    if a.is_cuda:
+        torch.cuda.synchronize(a.device)
 
 
 def _gemm_gflops(rates: dict[str, float]) -> float:
@@ -187,30 +201,40 @@ def run_inference_bench(
     batch: int = 256,
     seconds: float = 0.4,
     threads: int | None = 1,
+    device: DevicePreference = "cpu",
     progress: Callable[[str], None] | None = None,
 ) -> InferenceBenchResult:
     """Measure every figure; ``seconds`` is one timing repeat.
 
     ``threads`` is torch's intra-op thread count for the headline figures (None = torch's
     default). It defaults to 1 because that is how the worker runs inference: one dedicated
-    thread beside the event loop. The sweep also tries torch's default.
+    thread beside the event loop. The sweep also tries torch's default. ``device`` is
+    ``VIGIL_DEVICE``'s choice (``cuda`` without a GPU is an error, as in the worker); on CUDA
+    the GEMM reference is the GPU's and the thread sweep only varies the batch.
     """
     say = progress or (lambda _message: None)
+    target = select_device(device)
     initial_threads = torch.get_num_threads()
     threads = threads or initial_threads
     torch.set_num_threads(threads)
+    sweep = sorted({1, threads, initial_threads}) if target.type == "cpu" else [threads]
     try:
-        return _measure(batch, seconds, threads, sorted({1, threads, initial_threads}), say)
+        return _measure(batch, seconds, threads, sweep, say, target)
     finally:
         torch.set_num_threads(initial_threads)
 
 
 def _measure(
-    batch: int, seconds: float, threads: int, sweep: list[int], say: Callable[[str], None]
+    batch: int,
+    seconds: float,
+    threads: int,
+    sweep: list[int],
+    say: Callable[[str], None],
+    device: torch.device,
 ) -> InferenceBenchResult:
     # the default model: lstm, hidden 64, 2 layers, window 64, input 1, horizon 1
     config = ModelConfig.model_validate({})
-    engine = InferenceEngine(build_forecaster(config, seed=0), torch.device("cpu"))
+    engine = InferenceEngine(build_forecaster(config, seed=0), device)
     model = engine.model
     flops = model.flops_per_window()
     windows = _windows(batch, config.window, config.input_size)
@@ -223,11 +247,11 @@ def _measure(
     def torch_loop() -> None:  # the tutorial way: no_grad, one tensor per window
         with torch.no_grad():
             for w in some:
-                model(torch.tensor(w).unsqueeze(0)).numpy()
+                model(torch.tensor(w, device=device).unsqueeze(0)).cpu().numpy()
 
-    say(f"GEMM, batched (batch {batch}) and one-window-per-call loops, interleaved")
+    say(f"GEMM, batched (batch {batch}) and one-window-per-call loops, interleaved ({device})")
     rates = best_rates(
-        gemm_cases()
+        gemm_cases(device=device)
         | {
             "batched": (partial(engine.predict, windows), batch),
             "engine_loop": (engine_loop, len(some)),
@@ -237,6 +261,7 @@ def _measure(
     )
     result = InferenceBenchResult(
         model=config.model_dump(),
+        device=str(device),
         threads=threads,
         load_average=os.getloadavg()[0],
         batch=batch,
@@ -257,23 +282,24 @@ def _measure(
     say("stateful mode and window mode at windows 32 and 256, interleaved")
     cases: dict[str, Case] = {}
     for window in (32, 256):
-        cases |= window_cases(config.model_copy(update={"window": window}), batch)
+        cases |= window_cases(config.model_copy(update={"window": window}), batch, device)
     rates = best_rates(cases, seconds)
     for window in (32, 256):
         result.stateful_events_per_s[window] = rates[f"stateful{window}"]
         result.stateful_step_only_events_per_s[window] = rates[f"step{window}"]
         result.window_mode_us_per_window[window] = 1e6 / rates[f"window{window}"]
 
+    sizes = (64, 128, 256, 512) if device.type == "cpu" else (64, 256, 1024, 4096)
     for n_threads in sweep:
         say(f"sweep at {n_threads} thread(s): GEMM and batch sizes, interleaved")
         torch.set_num_threads(n_threads)
-        sweep_cases = gemm_cases()
-        for size in (64, 128, 256, 512):
+        sweep_cases = gemm_cases(device=device)
+        for size in sizes:
             sample = _windows(size, config.window, config.input_size)
             sweep_cases[f"batch{size}"] = (partial(engine.predict, sample), size)
         rates = best_rates(sweep_cases, seconds, repeats=2)
         gemm = _gemm_gflops(rates)
-        for size in (64, 128, 256, 512):
+        for size in sizes:
             rate = rates[f"batch{size}"]
             result.sweep.append(SweepPoint(n_threads, size, rate, rate * flops / 1e9, gemm))
     torch.set_num_threads(threads)
@@ -309,10 +335,12 @@ async def scheduler_rate(
     return total / elapsed, total / batches if batches else 0.0
 
 
-def window_cases(config: ModelConfig, batch: int) -> dict[str, Case]:
+def window_cases(
+    config: ModelConfig, batch: int, device: torch.device | None = None
+) -> dict[str, Case]:
     """Stateful events (with and without per-key bytes) and window-mode windows at one window."""
     window = config.window
-    engine = InferenceEngine(build_forecaster(config, seed=0), torch.device("cpu"))
+    engine = InferenceEngine(build_forecaster(config, seed=0), device or torch.device("cpu"))
     x = _windows(batch, 1, config.input_size)[:, 0]
     stored = engine.states_to_bytes(engine.initial_state(batch))
     state = engine.initial_state(batch)
@@ -342,7 +370,7 @@ def print_report(result: InferenceBenchResult) -> None:
     cfg = result.model
     title = (
         f"{cfg['cell']} hidden {cfg['hidden_size']} x {cfg['num_layers']} layers, "
-        f"window {cfg['window']}; CPU, {result.threads} threads, "
+        f"window {cfg['window']}; {result.device}, {result.threads} threads, "
         f"load average {result.load_average:.2f}"
     )
     rates = Table(title=f"Forecaster inference — {title}")
