@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from vigil.bench.nab.windowed_gaussian import WindowedGaussian
 from vigil.models.baselines import (
@@ -32,10 +32,14 @@ from vigil.models.baselines import (
 )
 from vigil.models.online import OnlineDetector, OnlineForecaster
 
+if TYPE_CHECKING:
+    from vigil.settings import ModelGroup
+
 __all__ = [
     "DetectorFactory",
     "ForecastSetup",
     "ForecasterFactory",
+    "GridForecaster",
     "IntervalForecaster",
     "OnlineDetector",
     "OnlineForecaster",
@@ -48,10 +52,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ForecastSetup:
-    """What a forecaster is built for: ``horizon`` steps ahead, ``season`` values per cycle."""
+    """What a forecaster is built for: ``horizon`` steps ahead, ``season`` values per cycle;
+    ``group`` (Vigil's config, default ``forecast_group(horizon)``) and ``seed`` for models
+    that take them."""
 
     horizon: int = 1
     season: int | None = None
+    group: ModelGroup | None = None
+    seed: int = 0
 
 
 @runtime_checkable
@@ -59,6 +67,16 @@ class IntervalForecaster(OnlineForecaster, Protocol):
     """A forecaster that also bounds its last forecast: floats (next step) or one per step."""
 
     def interval_one(self) -> tuple[float | Sequence[float], float | Sequence[float]]: ...
+
+
+@runtime_checkable
+class GridForecaster(OnlineForecaster, Protocol):
+    """A forecaster on its own time grid, as the stream is: per value learned, the steps it moved
+    on (1 + the missing steps it filled before the value; 0 for a value it rejected), and its
+    rejections by value index. Its step ``h`` covers the row that many grid steps ahead."""
+
+    grid_steps: list[int]
+    rejected: dict[int, str]
 
 
 DetectorFactory = Callable[[], OnlineDetector]
@@ -83,10 +101,14 @@ def register_forecaster(name: str, factory: ForecasterFactory) -> None:
 
 
 def _vigil_detector(
-    fusion: str | None = None, seed: int = 0, train: bool = True, calendar: str | None = None
+    fusion: str | None = None,
+    seed: int = 0,
+    train: bool = True,
+    calendar: str | None = None,
+    range_break: bool = True,
 ) -> Callable[[], OnlineDetector]:
     """Vigil as configured for NAB (``nab_group``), optionally with another fusion rule or
-    calendar setting."""
+    calendar setting, or without the range-break part (to measure the others alone)."""
 
     def build() -> OnlineDetector:
         from vigil.bench.replay_harness import VigilDetector, nab_group  # torch loads lazily
@@ -98,15 +120,24 @@ def _vigil_detector(
         if calendar is not None:
             model = group.model.model_copy(update={"calendar": calendar})
             group = group.model_copy(update={"model": model})
+        if not range_break:
+            detector = group.detector.model_copy(update={"range_tolerance": None})
+            group = group.model_copy(update={"detector": detector})
         return VigilDetector(group, seed=seed, train=train)
 
     return build
 
 
-def _vigil_forecaster(setup: ForecastSetup, calendar: str = "auto") -> OnlineForecaster:
+def _vigil_forecaster(setup: ForecastSetup, calendar: str | None = None) -> OnlineForecaster:
+    """Vigil with ``setup.group`` (or ``forecast_group``), optionally another calendar setting."""
     from vigil.bench.replay_harness import VigilForecaster, forecast_group
 
-    return VigilForecaster(setup.horizon, forecast_group(setup.horizon, calendar))
+    group = setup.group or forecast_group(setup.horizon)
+    if calendar is not None:
+        group = group.model_copy(
+            update={"model": group.model.model_copy(update={"calendar": calendar})}
+        )
+    return VigilForecaster(setup.horizon, group, seed=setup.seed)
 
 
 def _seasonal_naive(setup: ForecastSetup) -> OnlineForecaster | None:
@@ -131,7 +162,10 @@ for _seed in (0, 1, 2):
             f"vigil-no-calendar-{_rule}{_suffix}", _vigil_detector(_rule, _seed, calendar="off")
         )
 # the novelty part does not depend on the model: no training needed to measure it alone
-register_detector("vigil-novelty-untrained", _vigil_detector("novelty", train=False))
+register_detector(
+    "vigil-novelty-untrained", _vigil_detector("novelty", train=False, range_break=False)
+)
+register_detector("vigil-no-range", _vigil_detector(range_break=False))  # all but the range part
 register_detector("windowed-gaussian", WindowedGaussian)
 register_detector("river-hst", RiverHalfSpaceTrees)
 register_detector("persistence-residual", lambda: ForecastResidualDetector(Persistence()))

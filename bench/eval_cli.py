@@ -234,7 +234,10 @@ def _windows_for(path: Path, windows: Mapping[str, Any] | None, x: Any) -> list[
 def forecast(
     files: Annotated[list[Path], typer.Argument(help="CSV files, one series each")],
     column: Annotated[str, typer.Option(help="the column to forecast")] = "value",
-    horizon: Annotated[int, typer.Option(min=1, help="steps ahead (K)")] = 5,
+    horizon: Annotated[
+        int | None,
+        typer.Option(min=1, help="steps ahead (K); default: the group config's, else 5"),
+    ] = None,
     season: Annotated[
         int | None,
         typer.Option(help="values per cycle for seasonal naive; 0 = none; default: detect"),
@@ -242,66 +245,89 @@ def forecast(
     models: Annotated[
         str, typer.Option(help="comma-separated registered forecasters; default: all")
     ] = "",
+    delimiter: Annotated[str, typer.Option(help="field separator: ',' ';' or 'tab'")] = ",",
+    group_config: Annotated[
+        Path | None,
+        typer.Option(help="JSON ModelGroup (as in VIGIL_GROUPS) for the vigil models"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of Vigil's model (weights, replay buffer)")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="processes (one file each)")] = 1,
     labels: Annotated[
         Path | None, typer.Option(help="NAB combined_windows.json, to shade windows in plots")
     ] = None,
     report: Annotated[
         Path | None, typer.Option(help="write a Markdown report with plots here")
     ] = None,
+    progress: Annotated[bool, typer.Option(help="progress bar on stderr")] = True,
     json_only: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
 ) -> None:
-    """Online (predict, then learn) forecasting of each file by every model and baseline."""
-    from vigil.bench.detectors import ForecastSetup
+    """Online (predict, then learn) forecasting of each file by every model and baseline, and a
+    summary across files."""
     from vigil.bench.forecast_eval import (
+        DEFAULT_HORIZON,
         NYC_TAXI_5_STEP_NRMSE,
-        build_forecasters,
-        detect_season,
-        evaluate_series,
-        read_series_column,
+        ForecastJob,
+        evaluate_files,
+        read_group_config,
+        summarise,
     )
-    from vigil.bench.nab.corpus import parse_timestamps, read_windows
+    from vigil.bench.nab.corpus import read_windows
 
-    names = [n.strip() for n in models.split(",") if n.strip()]
-    evaluations = []
-    plot_inputs = []
-    lines: list[str] = []
+    names = tuple(n.strip() for n in models.split(",") if n.strip())
     with _clear_errors():
         windows = read_windows(labels) if labels is not None else None
-        for path in files:
-            values, stamps = read_series_column(path, column)
-            if values.size <= horizon + 1:
-                raise ValueError(f"{path}: {values.size} values, too few for horizon {horizon}")
-            period = (season or None) if season is not None else detect_season(values)
-            seconds = None
-            if stamps is not None:  # the forecasters that use time see each value's own
-                seconds = parse_timestamps(stamps).astype("datetime64[us]").astype(np.int64) / 1e6
-            evaluation = evaluate_series(
-                str(path),
-                values,
-                build_forecasters(ForecastSetup(horizon, period), names),
-                horizon,
-                period,
-                timestamps=seconds,
+        group = None
+        if group_config is not None:
+            group, horizon = read_group_config(group_config, horizon)
+        steps = horizon or DEFAULT_HORIZON
+        group_json = None if group is None else group.model_dump(mode="json")
+        jobs = [
+            ForecastJob(path, column, steps, season, names, delimiter, group_json, seed)
+            for path in files
+        ]
+        results = evaluate_files(jobs, workers, progress)
+    evaluations = [r.evaluation for r in results]
+    summary = summarise(evaluations)
+    lines: list[str] = []
+    for result in results:
+        evaluation, rows = result.evaluation, result.series.rows
+        lines.append(
+            f"{evaluation.name}: {evaluation.values.size} values, "
+            f"season {evaluation.season or 'none'}{_row_note(rows)}"
+        )
+        for model, steps_metrics in evaluation.metrics.items():
+            parts = [
+                f"step {k}: NRMSE {_num(m.nrmse)} RMSE {_num(m.rmse)} MAE {_num(m.mae)} "
+                f"MAPE {_num(m.mape)}% dir {_num(m.directional_accuracy)}"
+                + (f" cover {_num(m.coverage)}" if m.coverage is not None else "")
+                for k, m in steps_metrics.items()
+            ]
+            lines.append(f"  {model:20} " + " | ".join(parts))
+        for model, stream in evaluation.stream.items():
+            beyond = ", ".join(f"step {k}: {v}" for k, v in stream.beyond_horizon.items())
+            rejected = ", ".join(f"{code} {n}" for code, n in stream.rejected.items())
+            lines.append(
+                f"  {model:20} stream: {stream.gaps} gap(s), {stream.filled} missing step(s)"
+                f" filled; rows beyond the horizon after a gap (not scored): {beyond}"
+                + (f"; rejected: {rejected}" if rejected else "")
             )
-            evaluations.append(evaluation)
-            plot_inputs.append((path, stamps))
-            lines.append(f"{path}: {values.size} values, season {period or 'none'}")
-            for model, steps in evaluation.metrics.items():
-                parts = [
-                    f"step {k}: NRMSE {_num(m.nrmse)} RMSE {_num(m.rmse)} MAE {_num(m.mae)} "
-                    f"MAPE {_num(m.mape)}% dir {_num(m.directional_accuracy)}"
-                    + (f" cover {_num(m.coverage)}" if m.coverage is not None else "")
-                    for k, m in steps.items()
-                ]
-                lines.append(f"  {model:20} " + " | ".join(parts))
+    lines += _summary_lines(summary, len(evaluations))
     if any("nyc_taxi" in e.name for e in evaluations):
         refs = ", ".join(f"{k} {v}" for k, v in NYC_TAXI_5_STEP_NRMSE.items())
         lines.append(f"reference (Numenta), NAB nyc_taxi 5 steps ahead, NRMSE: {refs}")
     payload: dict[str, Any] = {
         "command": "forecast",
-        "horizon": horizon,
+        "horizon": steps,
         "column": column,
-        "files": {e.name: e.to_dict() for e in evaluations},
+        "delimiter": delimiter,
+        "seed": seed,
+        "workers": workers,
+        "group": group_json,
+        "files": {
+            r.evaluation.name: {**r.evaluation.to_dict(), "rows": r.series.rows.to_dict()}
+            for r in results
+        },
+        "summary": summary,
         "references": {"nyc_taxi_5_step_nrmse": NYC_TAXI_5_STEP_NRMSE},
     }
     if report is not None:
@@ -310,26 +336,62 @@ def forecast(
 
         with _clear_errors():
             plot_items = []
-            for evaluation, (path, stamps) in zip(evaluations, plot_inputs, strict=True):
-                x = _timestamps_or_none(parse_timestamps, stamps)
-                limits = _windows_for(path, windows, x)
+            for result in results:
+                x = result.series.times
+                limits = _windows_for(result.series.path, windows, x)
                 layout = layout_file(x, limits) if limits and x is not None else None
-                plot_items.append(ForecastPlot(evaluation, x, layout))
+                plot_items.append(ForecastPlot(result.evaluation, x, layout))
             path = write_forecast_report(report, plot_items)
         lines.append(f"report: {path}")
         payload["report"] = str(path)
     _emit(lines, payload, json_only)
 
 
-def _timestamps_or_none(parse: Any, stamps: list[str] | None) -> Any:
-    """Timestamps for the plot's x axis; row numbers when there are none or they do not parse."""
-    if not stamps:
-        return None
-    try:
-        return parse(stamps)
-    except ValueError:
-        return None
+def _row_note(rows: Any) -> str:
+    """What reading did to a file's rows, when it did anything."""
+    counted = [
+        (rows.missing, "missing value(s)"),
+        (rows.bad_timestamp, "row(s) with an unreadable time dropped"),
+        (rows.duplicate_timestamp, "duplicate time(s) dropped"),
+        (rows.out_of_order, "row(s) out of time order, sorted"),
+    ]
+    notes = [f"{count} {what}" for count, what in counted if count]
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def _summary_lines(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], files: int) -> list[str]:
+    """The figures across files: RMSE / persistence (mean, median, share of series below 1) and
+    interval coverage (mean, median) per model and step."""
+    lines = [f"summary over {files} series (RMSE / persistence on the same points):"]
+    for model, steps in summary.items():
+        parts = []
+        for step, s in steps.items():
+            figures = []
+            if s["rmse_ratio_mean"] is not None:
+                figures.append(
+                    f"ratio mean {s['rmse_ratio_mean']:.4f} median {s['rmse_ratio_median']:.4f},"
+                    f" beats persistence on {s['beats_baseline']:.0%} of {s['series']}"
+                )
+            if s["coverage_mean"] is not None:
+                figures.append(
+                    f"coverage mean {s['coverage_mean']:.3f} median {s['coverage_median']:.3f}"
+                )
+            parts.append(f"{step.replace('_', ' ')}: " + "; ".join(figures))
+        lines.append(f"  {model:20} " + " | ".join(parts))
+    if not any(s["rmse_ratio_mean"] is not None for st in summary.values() for s in st.values()):
+        lines.append("  (ratios need persistence among --models)")
+    return lines
 
 
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
+
+
+def _register_anomalies() -> None:
+    """`vigil eval anomalies` lives in its own module (bench/anomaly_cli.py)."""
+    from vigil.bench.anomaly_cli import anomalies
+
+    app.command("anomalies")(anomalies)
+
+
+_register_anomalies()

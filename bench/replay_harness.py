@@ -105,6 +105,8 @@ class ReplayResult:
     alerts: list[Alert]
     versions: list[str]  # model version that served each chunk, in order
     training: TrainingSummary  # since the harness was built
+    # row -> missing steps the stream filled (gap policy) before it: rows after a time gap
+    filled: dict[int, int] = field(default_factory=dict)
 
 
 class ReplayHarness:
@@ -250,6 +252,7 @@ class ReplayHarness:
         lower = np.full((n, horizon), np.nan)
         upper = np.full((n, horizon), np.nan)
         rejected: dict[int, str] = {}
+        filled: dict[int, int] = {}
         alerts: list[Alert] = []
         versions: list[str] = []
         for start in range(0, n, self.chunk_size):
@@ -264,6 +267,8 @@ class ReplayHarness:
                 upper[row] = prediction.upper
             for event, rejection in output.rejected:
                 rejected[event.offset - first] = rejection.code
+            for event, missing in output.filled:
+                filled[event.offset - first] = missing
             alerts.extend(output.alerts)
         return ReplayResult(
             scores=scores,
@@ -275,6 +280,7 @@ class ReplayHarness:
             alerts=alerts,
             versions=versions,
             training=self.training_summary(),
+            filled=filled,
         )
 
     def training_summary(self) -> TrainingSummary:
@@ -316,14 +322,16 @@ def nab_group() -> ModelGroup:
             "name": "nab",
             # calendar: the default ("auto"), as the stream runs
             "model": {"window": 32, "hidden_size": 32, "num_layers": 1, "horizon": 1},
-            "detector": {"short_window": 30, "long_window": 2000},
+            # the range-break part on (the default); see docs/evaluation.md for the windows
+            "detector": {"short_window": 80, "long_window": 2000},
         }
     )
 
 
 def forecast_group(horizon: int, calendar: str = "auto") -> ModelGroup:
     """The group config ``vigil eval forecast`` runs Vigil's forecaster with (``calendar``: the
-    model's calendar inputs, see ``ModelConfig.calendar``)."""
+    model's calendar inputs, see ``ModelConfig.calendar``): seasonal lags detected per key and
+    the forecast combined with persistence, the same for every series (docs/evaluation.md)."""
     return ModelGroup.model_validate(
         {
             "name": "forecast",
@@ -333,6 +341,8 @@ def forecast_group(horizon: int, calendar: str = "auto") -> ModelGroup:
                 "num_layers": 1,
                 "horizon": horizon,
                 "calendar": calendar,
+                "season_lag": "auto",
+                "combine": "persistence",
             },
             "training": {"learning_rate": 0.003},
         }
@@ -365,7 +375,14 @@ class VigilDetector:
 
 class VigilForecaster:
     """Vigil's stream logic as an online forecaster: the forecast the stream published for the
-    last value learned (NaN while the window fills), with its conformal interval."""
+    last value learned (NaN while the window fills), with its conformal interval.
+
+    The stream forecasts the next ``horizon`` steps of its own time grid: after a time gap (a
+    weekend in daily data) the next value is more than one step ahead. ``grid_steps`` records,
+    per value learned, how many steps the stream moved on (1 + the missing steps it filled
+    before it; 0 when it rejected the value), so an evaluation can match each forecast step to
+    the row it covers (``vigil.bench.forecast_eval.align_to_rows``).
+    """
 
     def __init__(
         self,
@@ -384,6 +401,8 @@ class VigilForecaster:
         self._forecast = [math.nan] * horizon
         self._lower = [math.nan] * horizon
         self._upper = [math.nan] * horizon
+        self.grid_steps: list[int] = []
+        self.rejected: dict[int, str] = {}  # value index -> the stream's rejection code
 
     def predict_one(self) -> list[float]:
         return list(self._forecast)
@@ -396,8 +415,14 @@ class VigilForecaster:
         self._next_ts = float(ts)
 
     def learn_one(self, value: float) -> None:
+        index = len(self.grid_steps)
         result = self.harness.replay([self._next_ts], [value])
         self._next_ts += 1.0
+        if 0 in result.rejected:  # nothing published: the stream's last forecast still stands
+            self.rejected[index] = result.rejected[0]
+            self.grid_steps.append(0)
+            return
+        self.grid_steps.append(1 + result.filled.get(0, 0))
         self._forecast = result.forecasts[0].tolist()
         self._lower = result.lower[0].tolist()
         self._upper = result.upper[0].tolist()

@@ -15,7 +15,7 @@ import math
 from collections import deque
 from typing import Any, Self
 
-from river import anomaly, linear_model, optim, preprocessing
+from river import anomaly, linear_model, optim
 from river.tree.padded import PaddedBranch, PaddedLeaf
 
 from vigil.models import state_codec
@@ -107,17 +107,61 @@ class SeasonalNaive:
         return model
 
 
+class _RunningMoments:
+    """Welford's running mean and population std of a stream of floats (std 1.0 until known)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+
+    def update(self, value: float) -> None:
+        self.count += 1
+        diff = value - self.mean
+        self.mean += diff / self.count
+        self.m2 += diff * (value - self.mean)
+
+    @property
+    def std(self) -> float:
+        if self.count < 2:
+            return 1.0
+        std = math.sqrt(self.m2 / self.count)
+        return std if std > 0 else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Self:
+        moments = cls()
+        moments.count, moments.mean, moments.m2 = int(d["count"]), float(d["mean"]), float(d["m2"])
+        return moments
+
+
+FEATURE_CLIP = 4.0  # standardised inputs are clipped here: SGD stays stable whatever the data
+TARGET_CLIP = 10.0  # per sqrt(step): one absurd value must not wreck the weights
+
+
+def _clip(value: float, bound: float) -> float:
+    return min(bound, max(-bound, value))
+
+
 class RiverLinearLags:
     """Linear autoregression on the last ``lags`` values, learned online with river.
 
-    Direct multi-step: one ``LinearRegression`` per horizon step, each mapping the lags at
-    time ``t`` to the value at ``t + h``, so errors of step 1 do not feed into step 2. The lag
-    features go through one shared ``StandardScaler``; the target is standardised by its own
-    running mean and std (SGD on raw prices would need a learning rate per series).
+    Direct multi-step: one ``LinearRegression`` per horizon step, each mapping the features at
+    time ``t`` to the change from ``y[t]`` to ``y[t + h]``, so errors of step 1 do not feed into
+    step 2. Everything is scale-free, so one learning rate suits any series: the features are
+    the ``lags - 1`` one-step changes among the last ``lags`` values divided by the running std
+    of one-step changes, plus the level ``y[t]`` standardised by its own running mean and std (a
+    stationary series reverts to its mean); the target is the change ``y[t + h] - y[t]`` in the
+    same units, mapped back as ``y[t] + std * prediction``. Raw prices as inputs made SGD
+    diverge (RMSE 1e5 - 1e11 times persistence's on some stocks). Inputs are clipped at
+    ``FEATURE_CLIP``, which bounds each SGD step.
     """
 
     def __init__(
-        self, lags: int = 8, horizon: int = 1, learning_rate: float = 0.01, l2: float = 0.0
+        self, lags: int = 8, horizon: int = 1, learning_rate: float = 0.003, l2: float = 0.0
     ) -> None:
         if lags < 1 or horizon < 1:
             raise ValueError("lags and horizon must be at least 1")
@@ -128,11 +172,14 @@ class RiverLinearLags:
         self.learning_rate = learning_rate
         self.l2 = l2
         self.history: deque[float] = deque(maxlen=lags + horizon)
-        self.scaler = preprocessing.StandardScaler()
         self.models = [self._new_model() for _ in range(horizon)]
-        self.count = 0  # observed values behind the target statistics
-        self.mean = 0.0
-        self.m2 = 0.0
+        self.levels = _RunningMoments()  # observed values
+        self.changes = _RunningMoments()  # one-step changes between observed values
+
+    @property
+    def count(self) -> int:
+        """Observed (finite) values learned so far."""
+        return self.levels.count
 
     def _new_model(self) -> linear_model.LinearRegression:
         return linear_model.LinearRegression(
@@ -140,44 +187,39 @@ class RiverLinearLags:
         )
 
     def _features(self, end: int) -> dict[str, float]:
-        """Lags ending ``end`` values before the newest (0 = the newest is lag 1)."""
+        """Features of the origin ``end`` values before the newest (0 = the newest)."""
         last = len(self.history) - 1 - end
-        return {f"lag{i + 1}": self.history[last - i] for i in range(self.lags)}
-
-    @property
-    def _std(self) -> float:
-        if self.count < 2:
-            return 1.0
-        std = math.sqrt(self.m2 / self.count)
-        return std if std > 0 else 1.0
+        origin = self.history[last]
+        scale = self.changes.std
+        features = {"level": _clip((origin - self.levels.mean) / self.levels.std, FEATURE_CLIP)}
+        for i in range(1, self.lags):
+            change = (self.history[last - i + 1] - self.history[last - i]) / scale
+            features[f"change{i}"] = _clip(change, FEATURE_CLIP)
+        return features
 
     def predict_one(self) -> list[float]:
         if len(self.history) < self.lags:
             return [math.nan] * self.horizon
-        x = self.scaler.transform_one(self._features(0))
-        return [self.mean + self._std * model.predict_one(x) for model in self.models]
+        x = self._features(0)
+        last, scale = self.history[-1], self.changes.std
+        return [last + scale * model.predict_one(x) for model in self.models]
 
     def learn_one(self, value: float) -> None:
         observed = _finite(value)
         if observed is None:
             if self.history:
                 self.history.append(self.history[-1])
-                self._learn_scaler()
             return
+        if self.history:
+            self.changes.update(observed - self.history[-1])
         self.history.append(observed)
-        self.count += 1
-        diff = observed - self.mean
-        self.mean += diff / self.count
-        self.m2 += diff * (observed - self.mean)
-        target = (observed - self.mean) / self._std
+        self.levels.update(observed)
+        scale = self.changes.std
         for step, model in enumerate(self.models, start=1):
             if len(self.history) >= self.lags + step:
-                model.learn_one(self.scaler.transform_one(self._features(step)), target)
-        self._learn_scaler()
-
-    def _learn_scaler(self) -> None:
-        if len(self.history) >= self.lags:  # each feature vector is learned once, when current
-            self.scaler.learn_one(self._features(0))
+                origin = self.history[len(self.history) - 1 - step]
+                target = _clip((observed - origin) / scale, TARGET_CLIP * math.sqrt(step))
+                model.learn_one(self._features(step), target)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -186,14 +228,8 @@ class RiverLinearLags:
             "learning_rate": self.learning_rate,
             "l2": self.l2,
             "history": list(self.history),
-            "count": self.count,
-            "mean": self.mean,
-            "m2": self.m2,
-            "scaler": {
-                "counts": dict(self.scaler.counts),
-                "means": dict(self.scaler.means),
-                "vars": dict(self.scaler.vars),
-            },
+            "levels": self.levels.to_dict(),
+            "changes": self.changes.to_dict(),
             "models": [
                 {
                     "weights": dict(model._weights),
@@ -208,13 +244,8 @@ class RiverLinearLags:
     def from_dict(cls, d: dict[str, Any]) -> Self:
         model = cls(int(d["lags"]), int(d["horizon"]), float(d["learning_rate"]), float(d["l2"]))
         model.history.extend(float(v) for v in d["history"])
-        model.count = int(d["count"])
-        model.mean = float(d["mean"])
-        model.m2 = float(d["m2"])
-        scaler = d["scaler"]
-        model.scaler = preprocessing.StandardScaler._from_state(
-            scaler["counts"], scaler["means"], scaler["vars"]
-        )
+        model.levels = _RunningMoments.from_dict(d["levels"])
+        model.changes = _RunningMoments.from_dict(d["changes"])
         for regression, saved in zip(model.models, d["models"], strict=True):
             for name, weight in saved["weights"].items():
                 regression._weights[name] = float(weight)

@@ -6,7 +6,7 @@ import and re-export them and decide where the values come from (variables, a TO
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,10 +42,29 @@ class ModelConfig(StrictModel):
         " `off`: no such inputs",
     )
 
+    season_lag: Literal["off", "auto"] | Annotated[int, Field(ge=2, le=4096)] = Field(
+        "off",
+        description="how far the series moved over each forecast step one season earlier, as"
+        " horizon x input_size extra inputs added through a learned gain: a season in events,"
+        " `auto` (one day or one week, detected per key from the autocorrelation of its first"
+        " events' changes) or `off`",
+    )
+    combine: Literal["persistence", "off"] = Field(
+        "off",
+        description="`persistence`: publish last + w (forecast - last), w per key and step fitted"
+        " online from recent errors, so a key the network cannot beat falls back to persistence",
+    )
+
+    @property
+    def lag_features(self) -> int:
+        """Seasonal-lag inputs per row: one per forecast step and channel, or none."""
+        return 0 if self.season_lag == "off" else self.horizon * self.input_size
+
     @property
     def features(self) -> int:
-        """Inputs per row the network takes: the values, then the calendar context if any."""
-        return self.input_size + (4 if self.calendar != "off" else 0)
+        """Inputs per row the network takes: the values, the calendar context if any, then the
+        seasonal lags if any."""
+        return self.input_size + (4 if self.calendar != "off" else 0) + self.lag_features
 
 
 class TrainingConfig(StrictModel):

@@ -46,7 +46,10 @@ class Forecaster(nn.Module):
         super().__init__()
         self.config = config.model_copy()
         cell_type = CELLS[config.cell]
-        sizes = [config.features] + [config.hidden_size] * config.num_layers
+        # the seasonal-lag columns skip the recurrent cells: they reach the output through a
+        # per-step, per-channel gain (below), so the cells see the values and the calendar
+        recurrent_inputs = config.features - config.lag_features
+        sizes = [recurrent_inputs] + [config.hidden_size] * config.num_layers
         self.layers = nn.ModuleList(
             cell_type(sizes[i], config.hidden_size) for i in range(config.num_layers)
         )
@@ -56,6 +59,10 @@ class Forecaster(nn.Module):
             # group serves sensible forecasts from its first event instead of the running mean.
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+        if config.lag_features:
+            # forecast += gain * (the change over the same steps one season ago): zero at first,
+            # so switching the inputs on (a key's season found) changes nothing until learned
+            self.season_gain = nn.Parameter(torch.zeros(config.horizon, config.input_size))
 
     # ---- shape ---------------------------------------------------------------------------
     @property
@@ -88,7 +95,7 @@ class Forecaster(nn.Module):
         windows = self._adapt(windows, 3)
         if state is None:
             state = self.initial_state(windows.shape[0], windows.device)
-        layer_input = windows
+        layer_input = windows[..., : windows.shape[-1] - self.config.lag_features]
         finals: list[State] = []
         for index, cell in enumerate(self.cells):
             if index:
@@ -110,7 +117,7 @@ class Forecaster(nn.Module):
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """One event per key: ``x [B, F]`` → ``(forecast [B, H, F], new state)``."""
         x = self._adapt(x, 2)
-        layer_input = x
+        layer_input = x[..., : x.shape[-1] - self.config.lag_features]
         finals: list[State] = []
         for index, cell in enumerate(self.cells):
             if index:
@@ -221,27 +228,55 @@ class Forecaster(nn.Module):
     def _forecast(self, last_hidden: Tensor, last_input: Tensor) -> Tensor:
         out = self.head(last_hidden)
         out = out.view(last_hidden.shape[0], self.config.horizon, self.config.input_size)
+        lags = self.config.lag_features
+        if lags:
+            seasonal = last_input[..., last_input.shape[-1] - lags :]
+            out = out + self.season_gain * seasonal.reshape(out.shape)
         if not self.config.residual:
             return out
         return out + last_input[..., : self.config.input_size].unsqueeze(1)
 
     def _adapt(self, tensor: Tensor, ndim: int) -> Tensor:
-        """Inputs with or without the calendar columns, as this model takes them: a model with
-        calendar inputs reads absent ones as zeros (no context), one without ignores them."""
-        values, features = self.config.input_size, self.config.features
+        """Rows with or without the calendar and seasonal-lag columns, as this model takes them:
+        a block the model takes but the rows lack reads as zeros (no context), a block the rows
+        carry but the model does not take is dropped. A registry version stored before a
+        setting keeps serving a group that now sends the columns, and the other way round."""
         width = tensor.shape[-1] if tensor.ndim else -1
-        if tensor.ndim != ndim or width not in (values, values + CALENDAR_FEATURES):
+        layouts = input_layouts(self.config)
+        if tensor.ndim != ndim or width not in layouts:
             expected = "[B, T, F]" if ndim == 3 else "[B, F]"
+            allowed = " or ".join(str(w) for w in sorted(layouts))
             raise ValueError(
-                f"expected {expected} with F={values} (or {values + CALENDAR_FEATURES} with the"
-                f" calendar inputs), got {tuple(tensor.shape)}"
+                f"expected {expected} with F={allowed} (values, then the calendar and seasonal-"
+                f"lag inputs if any), got {tuple(tensor.shape)}"
             )
-        if width == features:
+        if width == self.config.features:
             return tensor
-        if width > features:
-            return tensor[..., :features]
-        padding = tensor.new_zeros((*tensor.shape[:-1], features - width))
-        return torch.cat([tensor, padding], dim=-1)
+        calendar, lags = layouts[width]
+        values = self.config.input_size
+        parts = [tensor[..., :values]]
+        for present, wanted, start, size in (
+            (calendar, self.config.calendar != "off", values, CALENDAR_FEATURES),
+            (lags, self.config.lag_features > 0, values + calendar, self.config.lag_features),
+        ):
+            if not wanted:
+                continue
+            if present:
+                parts.append(tensor[..., start : start + size])
+            else:
+                parts.append(tensor.new_zeros((*tensor.shape[:-1], size)))
+        return torch.cat(parts, dim=-1)
+
+
+def input_layouts(config: ModelConfig) -> dict[int, tuple[int, int]]:
+    """Row widths a model of ``config`` accepts → (calendar columns, lag columns) in them: its
+    own layout first, then values only, with the calendar, with the lags, with both."""
+    values, lags = config.input_size, config.horizon * config.input_size
+    own = (CALENDAR_FEATURES if config.calendar != "off" else 0, config.lag_features)
+    layouts: dict[int, tuple[int, int]] = {config.features: own}
+    for calendar, lag in ((0, 0), (CALENDAR_FEATURES, 0), (0, lags), (CALENDAR_FEATURES, lags)):
+        layouts.setdefault(values + calendar + lag, (calendar, lag))
+    return layouts
 
 
 def build_forecaster(config: ModelConfig, seed: int | None = None) -> Forecaster:

@@ -20,9 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from vigil.models.calendar import CALENDAR_FEATURES
 from vigil.models.cells import State
-from vigil.models.forecaster import Forecaster
+from vigil.models.forecaster import Forecaster, input_layouts
 
 
 class InferenceEngine:
@@ -177,8 +176,8 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 def _widths(model: Forecaster) -> tuple[int, ...]:
-    """Row widths a model takes: its values, or its values and the calendar columns."""
-    return (model.config.input_size, model.config.input_size + CALENDAR_FEATURES)
+    """Row widths a model takes: its values, with or without calendar and seasonal-lag columns."""
+    return tuple(input_layouts(model.config))
 
 
 def _as_float32(

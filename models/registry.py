@@ -106,6 +106,7 @@ def stored_model_config(raw: str | bytes) -> ModelConfig:
     data = json.loads(raw)
     if isinstance(data, dict):
         data.setdefault("calendar", "off")
+        data.setdefault("season_lag", "off")  # likewise the seasonal-lag inputs
     return ModelConfig.model_validate(data)
 
 

@@ -65,8 +65,9 @@ class WindowBuffer:
         self._observed = np.zeros((length, channels), dtype=bool)
         self._head = 0  # where the next row goes
         self._size = 0  # rows filled so far (<= length)
-        self._last_value = np.zeros(channels, dtype=np.float32)
-        self._since_seen = np.full(channels, _NEVER, dtype=np.int64)  # rows since last seen
+        self._last_value: np.ndarray = np.zeros(channels, dtype=np.float32)
+        # rows since each channel was last seen
+        self._since_seen: np.ndarray = np.full(channels, _NEVER, dtype=np.int64)
 
     # ---- writing -------------------------------------------------------------------------
     def push(self, vector: Sequence[float | None]) -> None:

@@ -35,10 +35,18 @@ from vigil.models.drift import DriftSignal
 from vigil.models.incidents import IncidentEvent
 from vigil.models.novelty import fuse_scores
 from vigil.models.scoring import ScoreResult, reduce_residual
+from vigil.models.state_codec import get_params
 from vigil.models.window import WindowBuffer
 from vigil.records import Alert, DriftEvent, Prediction, Provenance
 from vigil.settings import ModelGroup
-from vigil.stream.key_state import KeyState, PendingForecast
+from vigil.stream.key_state import (
+    KeyState,
+    PendingForecast,
+    new_combination,
+    new_range_break,
+    new_reference,
+    new_season,
+)
 from vigil.stream.source_position import SourcePosition
 from vigil.stream.validation import InputEvent, Rejection
 
@@ -74,6 +82,8 @@ class BatchOutput:
     touched: set[str] = field(default_factory=set)
     outcomes: Counter[str] = field(default_factory=Counter)
     lr_scale: float | None = None  # the newest drift-driven learning-rate scale, if any
+    # accepted events that came after a time gap: the missing steps filled before each
+    filled: list[tuple[InputEvent, int]] = field(default_factory=list)
     failed: set[str] = field(default_factory=set)  # keys whose processing raised: not saved
 
 
@@ -102,6 +112,9 @@ class _Assessment:
     incident: IncidentEvent | None
     flagged: bool
     drift: DriftSignal | None
+    # reference mode: the event departs from the key's known-normal period, so it must not teach
+    # the model (whatever the admission's level-shift rule says)
+    off_reference: bool = False
 
 
 class SeriesProcessor:
@@ -193,6 +206,7 @@ class SeriesProcessor:
         out.predictions = [p for p in out.predictions if p.key != key]
         out.alerts = [a for a in out.alerts if a.key != key]
         out.drift = [d for d in out.drift if d.key != key]
+        out.filled = [(e, gap) for e, gap in out.filled if e.key != key]
         out.rejected.extend((event, reason) for event in events)
 
     # ---- step 1 -------------------------------------------------------------------------
@@ -205,6 +219,7 @@ class SeriesProcessor:
             state.window = WindowBuffer(
                 state.window.length, self.group.model.features, self.group.gap_policy
             )
+        self._fit_estimators(state)
         absorbed = dict(state.positions)  # what the saved state had, before this batch
         for event in events:
             source = SourcePosition(event.topic, event.partition, event.offset).source
@@ -218,12 +233,20 @@ class SeriesProcessor:
                 out.rejected.append((event, vector))
                 continue
             gap = self._fill_gap(state, event.reading.ts, out)
+            if gap:
+                out.filled.append((event, gap))
             if all(v is None for v in vector):
                 out.outcomes["missing_value"] += 1
             state.normalizer.update(vector)
             normalised = state.normalizer.normalize(vector)
             # missing values are filled by the gap policy; the calendar context rides along
-            state.window.push([*normalised, *self._calendar(state, event.reading.ts)])
+            state.window.push(
+                [
+                    *normalised,
+                    *self._calendar(state, event.reading.ts),
+                    *self._season(state, normalised, vector[0]),
+                ]
+            )
             snapshot = state.window.array() if state.window.size >= self.window else None
             step = _Step(
                 event=event,
@@ -339,9 +362,15 @@ class SeriesProcessor:
             missing = round(delta / state.interval) - 1
             out.outcomes["gap"] += 1
             pushed = min(missing, self.window)  # a longer gap only restarts the window
+            if state.season is not None:  # ... but the seasonal ring keeps its grid
+                interval = state.interval if self.regular(state) else None
+                state.season.skip(missing - pushed, interval)
             for k in range(missing - pushed + 1, missing + 1):
                 step_ts = state.last_ts + k * state.interval  # the missing step's own time
-                state.window.push([None] * self.channels + list(self._calendar(state, step_ts)))
+                empty: list[float | None] = [None] * self.channels
+                state.window.push(
+                    [*empty, *self._calendar(state, step_ts), *self._season(state, empty, None)]
+                )
                 for conformal in state.conformal:
                     conformal.observe(None)
                 if state.pending is not None:
@@ -358,6 +387,25 @@ class SeriesProcessor:
         if self.calendar == "auto" and not self.regular(state):
             return NO_CALENDAR
         return calendar_features(ts)
+
+    def _season(
+        self, state: KeyState, normalised: list[float | None], raw: float | None
+    ) -> list[float]:
+        """The seasonal-lag columns of the next row (none when the model has no such inputs)."""
+        if state.season is None:
+            return []
+        interval = state.interval if self.regular(state) else None
+        return state.season.push(normalised, raw, interval)
+
+    def _fit_estimators(self, state: KeyState) -> None:
+        """Build the seasonal lags and the combination a key's saved state lacks (stored before
+        them, or the group's settings changed), or drop those the group no longer uses."""
+        model = self.group.model
+        season, combination = new_season(model), new_combination(model)
+        if not _same_params(state.season, season):
+            state.season = season
+        if not _same_params(state.combination, combination):
+            state.combination = combination
 
     @staticmethod
     def regular(state: KeyState) -> bool:
@@ -380,7 +428,7 @@ class SeriesProcessor:
         if seen.drift is not None:
             out.lr_scale = state.drift.lr_scale
             out.drift.append(self._drift_record(state, step, seen.drift, provenance))
-        if state.admission.admit(seen.flagged):
+        if state.admission.admit(seen.flagged) and not seen.off_reference:
             if step.full and step.snapshot is not None:
                 rows = step.snapshot
                 target = rows[self.window :, : self.channels]  # values only, no calendar
@@ -389,10 +437,17 @@ class SeriesProcessor:
             out.outcomes["withheld_from_training"] += 1
         for channel, conformal in enumerate(state.conformal):
             conformal.observe(step.observed[channel])
+        if state.combination is not None:
+            state.combination.observe(step.normalised, step.gap)
 
         forecast_raw: np.ndarray | None = None
         if step.request is not None:
             normalised = forecasts[step.request][:, : self.channels]  # [H,F]
+            if state.combination is not None and step.snapshot is not None:
+                # the published forecast: the last value plus the network's change, with the
+                # weight the network has earned on this key
+                last = step.snapshot[-1, : self.channels]
+                normalised = state.combination.combine(normalised, last.tolist())
             forecast_raw = normalised * step.std + step.mean
             state.pending = PendingForecast(normalised.astype(float).tolist(), 0)
             out.predictions.append(self._prediction(state, step, forecast_raw, seen, provenance))
@@ -411,13 +466,47 @@ class SeriesProcessor:
         novelty = state.novelty.score_one(math.nan if value is None else value)
         detector = self.group.detector
         fused = fuse_scores(detector.fusion, score.score, novelty, detector.threshold)
+        parts = {"likelihood": score.score, "novelty": novelty}
+        range_part = self._range_break(state, value)
+        if range_part is not None:
+            parts["range"] = range_part
+            fused = max(fused, range_part)  # a range break is news whatever the fusion rule
+        reference = self._reference(state, step)
+        if reference is not None:
+            parts["reference"] = reference
+            fused = reference if detector.reference.fusion == "reference" else max(fused, reference)
         incident = state.incidents.update(fused, step.event.reading.ts)
         flagged = state.incidents.active or (incident is not None and incident.kind == "opened")
         drift = (
             state.drift.update(residual, step.event.reading.ts) if math.isfinite(residual) else None
         )
-        parts = {"likelihood": score.score, "novelty": novelty}
-        return _Assessment(score, fused, parts, incident, flagged, drift)
+        off_reference = reference is not None and reference >= detector.clear_threshold
+        return _Assessment(score, fused, parts, incident, flagged, drift, off_reference)
+
+    def _range_break(self, state: KeyState, value: float | None) -> float | None:
+        """The range-break part (None when ``detector.range_tolerance`` is off), first channel."""
+        if self.group.detector.range_tolerance is None:
+            state.range_break = None
+            return None
+        if state.range_break is None:
+            state.range_break = new_range_break(self.group)  # state stored before it
+        assert state.range_break is not None
+        return state.range_break.score_one(math.nan if value is None else value)
+
+    def _reference(self, state: KeyState, step: _Step) -> float | None:
+        """Reference mode's part (None when off): the event against the key's known-normal
+        period, from the raw values (the normaliser follows a fault; the profile must not)."""
+        if self.group.detector.reference.mode == "off":
+            state.reference = None
+            return None
+        config, profile = self.group.detector.reference, state.reference
+        if profile is None or (
+            (profile.channels, profile.events, profile.window, profile.order, profile.smooth)
+            != (self.channels, config.events, config.window, config.order, config.smooth)
+        ):  # state stored before reference mode, or under other settings: a new reference
+            profile = state.reference = new_reference(self.group)
+        assert profile is not None
+        return profile.score_one([math.nan if v is None else v for v in step.observed])
 
     def _prediction(
         self,
@@ -506,3 +595,10 @@ class SeriesProcessor:
             }
             for ch, name in enumerate(names)
         }
+
+
+def _same_params(kept: object | None, wanted: object | None) -> bool:
+    """Both absent, or estimators of one type built with the same parameters."""
+    if kept is None or wanted is None:
+        return kept is wanted
+    return type(kept) is type(wanted) and get_params(kept) == get_params(wanted)

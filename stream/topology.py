@@ -69,7 +69,7 @@ def faust_app_options(settings: VigilSettings, web_port: int | None = None) -> d
         "store": "memory://",
         # Faust makes a data directory even with in-memory tables; by default "<app id>-data"
         # in the working directory, one per app id, left behind by every run
-        "datadir": str(Path(tempfile.gettempdir()) / "vigil-faust" / "{conf.name}-data"),
+        "datadir": str(Path(tempfile.gettempdir()) / "faust-{conf.name}-data"),
         "web_port": web_port or settings.web_port,
         "web_host": settings.web_host,  # canonical URL; web_bind is the interface listened on
         "web_bind": settings.web_host,

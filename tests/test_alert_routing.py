@@ -13,8 +13,8 @@ import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 from typer.testing import CliRunner
-from webhook_receiver import WebhookReceiver, make_alert, wait_until
 
+from tests.webhook_receiver import WebhookReceiver, make_alert, wait_until
 from vigil.alerting.dispatcher import AlertDispatcher
 from vigil.alerting.routing import group_key, inhibiting_alert, route
 from vigil.alerting.silences import Silence, SilenceRequestError, SilenceStore, parse_duration

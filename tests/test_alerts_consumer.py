@@ -18,9 +18,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import SecretStr
 from redis.asyncio import Redis
-from webhook_receiver import WebhookReceiver, make_alert, wait_until
 
 from tests.kafka_io import produce, read_dead_letters
+from tests.webhook_receiver import WebhookReceiver, make_alert, wait_until
 from vigil.alerting.alert_log import AlertLog, AlertQueryError, parse_query
 from vigil.alerting.consumer import AlertsConsumer, consume_alerts, consumer_group
 from vigil.alerting.web import add_alerting_pages

@@ -25,12 +25,16 @@ from hypothesis import strategies as st
 
 from vigil.models.admission import TrainingAdmission
 from vigil.models.calendar import calendar_features
+from vigil.models.combination import PersistenceCombination
 from vigil.models.conformal import AdaptiveConformal
 from vigil.models.drift import PageHinkley, ResidualDriftMonitor
 from vigil.models.incidents import IncidentDetector
 from vigil.models.normalizer import RunningNormalizer
 from vigil.models.novelty import ContextNovelty
+from vigil.models.range_break import RangeBreak
+from vigil.models.reference import ReferenceProfile
 from vigil.models.scoring import ResidualScorer, reduce_residual
+from vigil.models.season import SeasonalLags
 from vigil.models.state_codec import clone, decode, dumps, encode, loads
 from vigil.models.window import GapPolicy, WindowBuffer
 from vigil.settings import DetectorConfig, ModelConfig, ModelGroup
@@ -94,6 +98,30 @@ def _feed_novelty(detector: ContextNovelty, t: int, x: float) -> Any:
     return detector.raw_novelty(x), detector.score_one(x), len(detector.seen)
 
 
+def _feed_reference(profile: ReferenceProfile, t: int, x: float) -> Any:
+    return profile.score_one([x, x / 2 + 1 if t % 5 else math.nan]), profile.ready
+
+
+def _feed_range_break(detector: RangeBreak, t: int, x: float) -> Any:
+    return detector.breaks(x), detector.score_one(x), detector.low, detector.high
+
+
+def _feed_season(lags: SeasonalLags, t: int, x: float) -> Any:
+    """Normalised values reach it clipped to +-20 (the normaliser's clip); raw ones as they are."""
+    value = max(-20.0, min(20.0, x)) if math.isfinite(x) else None
+    return lags.push([value, None if t % 4 == 0 else value], x, 10_800.0), lags.season
+
+
+def _feed_combination(combination: PersistenceCombination, t: int, x: float) -> Any:
+    """As the processor drives it: observe the event, then publish a forecast from its last
+    (gap-filled) value, in normalised units (clipped to +-20 like the normaliser's)."""
+    value = max(-20.0, min(20.0, x)) if math.isfinite(x) else math.nan
+    combination.observe([value, value / 2 if t % 4 else math.nan], skipped=int(t % 29 == 0))
+    last = [0.0 if math.isnan(value) else value, 1.0]
+    forecast = np.array([[0.5 * last[0], 0.9], [0.2 * last[0], 0.8]])
+    return combination.combine(forecast, last), combination.weights()
+
+
 def _new_key_state() -> KeyState:
     group = ModelGroup(
         name="g",
@@ -118,7 +146,9 @@ def _feed_key_state(state: KeyState, t: int, x: float) -> Any:
         residual = reduce_residual([o - f for o, f in zip(observed, forecast, strict=True)])
     result = state.scorer.score_one(residual)
     novelty = state.novelty.score_one(math.nan if vector[0] is None else vector[0])
-    incident = state.incidents.update(max(result.score, novelty), float(t))
+    assert state.range_break is not None
+    range_part = state.range_break.score_one(math.nan if vector[0] is None else vector[0])
+    incident = state.incidents.update(max(result.score, novelty, range_part), float(t))
     signal = state.drift.update(residual, float(t)) if math.isfinite(residual) else None
     admitted = state.admission.admit(state.incidents.active)
     for channel, conformal in enumerate(state.conformal):
@@ -162,6 +192,20 @@ CASES = [
         "novelty",
         lambda: ContextNovelty(bins=4, orders=2, capacity=12, rest_events=3),
         _feed_novelty,
+    ),
+    Case("range_break", lambda: RangeBreak(tolerance=0.05, warmup=3), _feed_range_break),
+    # a short reference (frozen after 40 events) so that scoring after the freeze is exercised
+    Case(
+        "reference",
+        lambda: ReferenceProfile(channels=2, events=40, window=4, order=3, smooth=2),
+        _feed_reference,
+    ),
+    Case("season_auto", lambda: SeasonalLags(horizon=2, channels=2), _feed_season),
+    Case("season_fixed", lambda: SeasonalLags(horizon=3, channels=2, period=2), _feed_season),
+    Case(
+        "combination",
+        lambda: PersistenceCombination(horizon=2, channels=2, half_life=10.0),
+        _feed_combination,
     ),
     Case("key_state", _new_key_state, _feed_key_state),
 ]
@@ -337,6 +381,7 @@ def test_key_state_maps_the_group_settings() -> None:
     state = _new_key_state()
     assert (state.scorer.short_window, state.scorer.long_window) == (4, 40)
     assert state.scorer.min_spread == 0.1  # residuals in normalised units
+    assert state.scorer.surprisal_cap == DetectorConfig().surprisal_cap == 15.0
     assert (state.incidents.warmup_events, state.incidents.cooldown_events) == (5, 10)
     assert state.drift.min_instances == 5  # no drift before alerts start
     assert [c.horizon for c in state.conformal] == [2, 2]
@@ -350,3 +395,6 @@ def test_key_state_maps_the_group_settings() -> None:
     )
     assert state.novelty.capacity == detector.novelty_capacity
     assert state.novelty.rest_events == detector.novelty_rest_events
+    assert state.range_break is not None
+    assert state.range_break.tolerance == detector.range_tolerance
+    assert state.range_break.warmup == 5  # the detector's warm-up

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,12 +15,20 @@ from typer.testing import CliRunner
 from vigil.bench.detectors import ForecastSetup, forecaster_factories, register_forecaster
 from vigil.bench.eval_cli import app
 from vigil.bench.forecast_eval import (
+    ForecastMetrics,
+    ForecastTrace,
+    SeriesEvaluation,
+    align_to_rows,
     build_forecasters,
     detect_season,
     evaluate_series,
     forecast_metrics,
+    read_series_file,
     run_online,
+    summarise,
 )
+from vigil.models.baselines import Persistence, RiverLinearLags
+from vigil.settings import ModelGroup
 
 
 def test_metrics_match_numpy_by_hand() -> None:
@@ -185,3 +194,223 @@ def test_forecast_command_rejects_a_missing_column(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["forecast", str(path), "--column", "value"])
     assert result.exit_code == 2
     assert "no column 'value'" in result.output
+
+
+# ---- issue #13 item 5: summary, workers, delimiter, messy rows, group config, gaps ----------
+SMALL_GROUP = {
+    "name": "forecast-test",
+    "model": {"window": 8, "hidden_size": 8, "num_layers": 1},
+    "training": {
+        "min_examples": 24,
+        "holdout_size": 8,
+        "batch_size": 8,
+        "steps_per_round": 3,
+        "replay_capacity": 128,
+    },
+}
+
+
+def _scored(name: str, rmse: dict[str, float | None], coverage: float | None) -> SeriesEvaluation:
+    """A series whose step-1 RMSE per model is given; only ``model`` has an interval."""
+    metrics = {
+        model: {
+            1: ForecastMetrics(
+                10, value, 0.0, None, None, None, coverage if model == "model" else None
+            )
+        }
+        for model, value in rmse.items()
+    }
+    return SeriesEvaluation(name, np.zeros(10), 1, None, {}, metrics)
+
+
+def test_summary_across_series_by_hand() -> None:
+    evaluations = [
+        _scored("a", {"persistence": 2.0, "model": 1.0}, 0.8),  # ratio 0.5
+        _scored("b", {"persistence": 1.0, "model": 2.0}, 0.9),  # ratio 2.0
+        _scored("c", {"persistence": 4.0, "model": 3.0}, 1.0),  # ratio 0.75
+        _scored("d", {"persistence": None, "model": 3.0}, None),  # no ratio: persistence unscored
+    ]
+    summary = summarise(evaluations)
+    assert set(summary) == {"model"}  # persistence has no interval: not listed
+    step = summary["model"]["step_1"]
+    assert step["series"] == 3
+    assert step["rmse_ratio_mean"] == pytest.approx((0.5 + 2.0 + 0.75) / 3)
+    assert step["rmse_ratio_median"] == pytest.approx(0.75)
+    assert step["beats_baseline"] == pytest.approx(2 / 3)
+    assert step["coverage_mean"] == pytest.approx(0.9)
+    assert step["coverage_median"] == pytest.approx(0.9)
+    assert step["coverage_series"] == 3
+
+
+class StepEncoder:
+    """A grid forecaster whose forecast at row t of grid step g is 100 t + g; it moves
+    ``steps[r]`` grid steps with row r."""
+
+    def __init__(self, steps: list[int], horizon: int) -> None:
+        self.horizon = horizon
+        self.steps = steps
+        self.grid_steps: list[int] = []
+        self.rejected: dict[int, str] = {}
+
+    def predict_one(self) -> list[float]:
+        t = len(self.grid_steps)
+        return [100.0 * t + g for g in range(1, self.horizon + 1)]
+
+    def learn_one(self, value: float) -> None:
+        index = len(self.grid_steps)
+        self.grid_steps.append(self.steps[index])
+        if self.steps[index] == 0:
+            self.rejected[index] = "duplicate"
+
+
+def test_grid_forecasts_are_matched_to_the_rows_they_cover() -> None:
+    # rows 0..5; row 3 comes after two missing steps, row 5 was rejected
+    steps = [1, 1, 1, 3, 1, 0]
+    trace = run_online(StepEncoder(steps, 3), np.arange(6.0), horizon=3)
+    f = trace.forecasts
+    # made after row 0: row 1 is 1 step ahead, row 2 is 2, row 3 is 5 (beyond the horizon)
+    assert f[1, :2].tolist() == [101.0, 102.0] and math.isnan(f[1, 2])
+    # made after row 2: row 3 is 3 grid steps ahead, row 4 is 4
+    assert f[3, 0] == 303.0 and math.isnan(f[3, 1])
+    # made after row 3: row 4 is 1 step ahead; row 5 was rejected: nothing covers it
+    assert f[4, 0] == 401.0 and math.isnan(f[4, 1]) and math.isnan(f[5, 0])
+    assert align_to_rows(ForecastTrace(np.zeros((2, 1)), None, None), [1, 1]).lower is None
+
+
+def test_scaled_river_baseline_stays_near_persistence_on_a_high_level_random_walk() -> None:
+    """Before its inputs were scaled, the baseline's RMSE was 2502 times persistence's on seed 1."""
+    for seed in range(3):
+        walk = 1e4 + np.cumsum(np.random.default_rng(seed).normal(0.1, 1.0, 1500))
+        models = {"persistence": Persistence(5), "river": RiverLinearLags(horizon=5)}
+        evaluation = evaluate_series("walk", walk, models, 5)
+        for k in (1, 5):
+            river = evaluation.metrics["river"][k].rmse
+            persistence = evaluation.metrics["persistence"][k].rmse
+            assert river is not None and persistence is not None
+            assert river / persistence < 1.1
+
+
+def _weekdays(weeks: int) -> list[str]:
+    """Daily dates, Monday to Friday only: a weekend gap before every Monday but the first."""
+    days = np.arange(np.datetime64("2024-01-01"), np.datetime64("2024-01-01") + 7 * weeks)
+    return [str(d) for d in days if d.astype("datetime64[D]").view("int64") % 7 not in (2, 3)]
+
+
+def test_vigil_reports_weekend_gap_fills_and_forecasts_the_file_rows() -> None:
+    dates = _weekdays(12)
+    assert dates[0] == "2024-01-01" and "2024-01-06" not in dates  # a Monday; no Saturdays
+    values = 50 + np.cumsum(np.random.default_rng(5).normal(size=len(dates)))
+    seconds = np.array(dates, dtype="datetime64[us]").astype(np.int64) / 1e6
+    setup = ForecastSetup(1, None, ModelGroup.model_validate(SMALL_GROUP), seed=0)
+    models = build_forecasters(setup, ["vigil", "persistence"])
+    evaluation = evaluate_series("weekdays", values, models, 1, timestamps=seconds)
+    stream = evaluation.stream["vigil"]
+    mondays = 11
+    assert stream.gaps == mondays and stream.filled == 2 * mondays
+    assert stream.beyond_horizon == {1: mondays}  # Friday's forecast is for Saturday
+    assert evaluation.to_dict()["stream"]["vigil"]["filled"] == 2 * mondays
+    # the Mondays are left out for every model; the rows after warm-up otherwise all scored
+    scored = evaluation.metrics["persistence"][1].n
+    assert scored == evaluation.metrics["vigil"][1].n
+    assert scored <= len(dates) - 1 - mondays
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _run(args: list[str]) -> tuple[int, dict[str, Any], str]:
+    result = CliRunner().invoke(app, ["forecast", *args, "--json", "--no-progress"])
+    last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "{}"
+    payload = json.loads(last) if result.exit_code == 0 else {}
+    return result.exit_code, payload, result.output
+
+
+def test_semicolon_file_with_messy_rows_is_read_and_reported(tmp_path: Path) -> None:
+    rows = [
+        "date;close",
+        "2024-01-05;4",  # out of order: sorted in
+        "2024-01-01;1",
+        "2024-01-02;2",
+        "2024-01-02;99",  # duplicate time: dropped, the first kept
+        "2024-01-03;",  # empty: missing
+        "2024-01-04;abc",  # not a number: missing
+        "not a date;7",  # unreadable time: dropped
+        "2024-01-08;inf",  # non-finite: missing
+        *[f"2024-02-{d:02d};{d}" for d in range(1, 21)],
+    ]
+    path = _write(tmp_path / "semi.csv", "\n".join(rows) + "\n")
+    series = read_series_file(path, "close", ";")
+    assert series.values[:5].tolist()[:2] == [1.0, 2.0] and series.values[4] == 4.0
+    assert series.rows.to_dict() == {
+        "read": 28,
+        "kept": 26,
+        "empty_value": 1,
+        "unreadable_value": 1,
+        "non_finite_value": 1,
+        "bad_timestamp": 1,
+        "duplicate_timestamp": 1,
+        "out_of_order": 1,
+    }
+    code, payload, output = _run(
+        [str(path), "--column", "close", "--delimiter", ";", "--horizon", "1",
+         "--models", "persistence,river-linear-lags"]
+    )  # fmt: skip
+    assert code == 0, output
+    assert payload["files"][str(path)]["rows"]["kept"] == 26
+    assert payload["summary"]["river-linear-lags"]["step_1"]["series"] == 1
+    code, _, output = _run([str(path), "--column", "close"])  # the default ',' finds no column
+    assert code == 2 and "no column 'close'" in output and "delimiter" in output
+
+
+def _two_series(tmp_path: Path) -> list[str]:
+    paths = []
+    for seed, hours in ((1, 150), (2, 120)):
+        stamps = np.datetime64("2024-01-01T00:00") + np.arange(hours) * np.timedelta64(1, "h")
+        stamps = np.delete(stamps, [40, 41, 42])  # a 4-hour hole: 3 steps filled
+        values = 10 + np.cumsum(np.random.default_rng(seed).normal(size=stamps.size))
+        lines = ["timestamp,value"] + [f"{s},{v:.4f}" for s, v in zip(stamps, values, strict=True)]
+        paths.append(str(_write(tmp_path / f"s{seed}.csv", "\n".join(lines) + "\n")))
+    return paths
+
+
+def test_workers_two_give_the_same_results_as_one(tmp_path: Path) -> None:
+    config = _write(tmp_path / "group.json", json.dumps(SMALL_GROUP))
+    args = [*_two_series(tmp_path), "--horizon", "2", "--group-config", str(config), "--seed", "3",
+            "--models", "vigil,persistence,river-linear-lags"]  # fmt: skip
+    code1, one, output = _run([*args, "--workers", "1"])
+    assert code1 == 0, output
+    code2, two, output = _run([*args, "--workers", "2"])
+    assert code2 == 0, output
+    assert one["files"] == two["files"] and one["summary"] == two["summary"]
+    assert list(one["files"]) == args[:2]  # the order of the command line
+    for series in one["files"].values():
+        assert series["stream"]["vigil"]["gaps"] == 1 and series["stream"]["vigil"]["filled"] == 3
+    assert one["group"]["model"]["window"] == 8 and one["group"]["model"]["horizon"] == 2
+    assert one["seed"] == 3 and set(one["summary"]) == {"vigil", "river-linear-lags"}
+
+
+def test_group_config_is_validated(tmp_path: Path) -> None:
+    data = _two_series(tmp_path)[:1]
+    fine = _write(tmp_path / "fine.json", json.dumps([{**SMALL_GROUP, "model": {"window": 8}}]))
+    code, payload, output = _run([*data, "--group-config", str(fine), "--models", "persistence"])
+    assert code == 0, output
+    assert payload["horizon"] == 5 and payload["group"]["model"]["horizon"] == 5  # the default
+
+    bad_field = _write(tmp_path / "bad.json", json.dumps({"name": "g", "model": {"window": 0}}))
+    unknown = _write(tmp_path / "unknown.json", json.dumps({"name": "g", "modle": {}}))
+    two_ways = _write(tmp_path / "h.json", json.dumps({"name": "g", "model": {"horizon": 3}}))
+    not_json = _write(tmp_path / "x.json", "{name: g")
+    multi = _write(tmp_path / "multi.json", json.dumps({**SMALL_GROUP, "channels": ["a", "b"]}))
+    for path, args, problem in (
+        (bad_field, [], "model.window"),
+        (unknown, [], "modle"),
+        (two_ways, ["--horizon", "5"], "model.horizon is 3 but --horizon is 5"),
+        (not_json, [], "not JSON"),
+        (multi, [], "channels"),
+        (tmp_path / "absent.json", [], "group config not found"),
+    ):
+        code, _, output = _run([*data, "--group-config", str(path), *args])
+        assert code == 2, (path, output)
+        assert output.startswith("error: ") and problem in output, output

@@ -7,9 +7,9 @@ import json
 
 import paho.mqtt.client as paho
 import pytest
-from connector_fixtures import by_key, mosquitto, read_topic  # noqa: F401  (fixture)
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.connector_fixtures import by_key, mosquitto, read_topic  # noqa: F401  (fixture)
 from vigil.connectors.mqtt_bridge import (
     MqttBridge,
     PayloadError,

@@ -103,9 +103,12 @@ def test_the_stream_publishes_the_fused_score_and_its_parts(fusion: str) -> None
         out = harness.process(harness.events(1.7e9 + 60 * np.arange(300), values))
     assert out.predictions
     for p in out.predictions:
-        assert p.score_parts is not None and set(p.score_parts) == {"likelihood", "novelty"}
+        assert p.score_parts is not None
+        assert set(p.score_parts) == {"likelihood", "novelty", "range"}
         parts = p.score_parts
-        assert p.score == fuse_scores(fusion, parts["likelihood"], parts["novelty"], 0.99)  # type: ignore[arg-type]
+        fused = fuse_scores(fusion, parts["likelihood"], parts["novelty"], 0.99)  # type: ignore[arg-type]
+        assert p.score == max(fused, parts["range"])  # a range break overrides any rule
         assert Prediction.model_validate_json(p.model_dump_json()) == p
     spike = next(p for p in out.predictions if p.observed == 60.0)
     assert spike.score_parts is not None and spike.score_parts["novelty"] >= 2 / 3
+    assert spike.score_parts["range"] == 1.0 and spike.score == 1.0

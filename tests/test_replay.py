@@ -12,10 +12,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from connector_fixtures import by_key, cli_env, head_of_csv, read_topic
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
+from tests.connector_fixtures import by_key, cli_env, head_of_csv, read_topic
 from vigil.cli import app
 from vigil.connectors.checkpoint import CheckpointStore, checkpoint_key
 from vigil.connectors.file_formats import (

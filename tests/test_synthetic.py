@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from connector_fixtures import by_key, cli_env, read_topic
 from typer.testing import CliRunner
 
+from tests.connector_fixtures import by_key, cli_env, read_topic
 from vigil.cli import app
 from vigil.connectors.producer import RecordProducer
 from vigil.connectors.synthetic import ANOMALY_KINDS, AnomalyLabel, SyntheticSeries, send_synthetic

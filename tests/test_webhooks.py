@@ -16,9 +16,9 @@ import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from redis.asyncio import Redis
-from webhook_receiver import WebhookReceiver, make_alert, wait_until
 
 from tests.kafka_io import read_dead_letters
+from tests.webhook_receiver import WebhookReceiver, make_alert, wait_until
 from vigil.alerting.circuit import CircuitBreaker, RetryBudget, full_jitter_backoff
 from vigil.alerting.delivery import retry_window_s
 from vigil.alerting.dispatcher import AlertDispatcher

@@ -8,9 +8,9 @@ import json
 import random
 
 import pytest
-from connector_fixtures import by_key, read_topic
 from websockets.asyncio.server import ServerConnection, serve
 
+from tests.connector_fixtures import by_key, read_topic
 from vigil.connectors.producer import RecordProducer
 from vigil.connectors.websocket_feed import (
     Backoff,

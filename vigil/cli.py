@@ -161,6 +161,7 @@ def _register_subcommands() -> None:
     from vigil.alerting.cli import alerting_app, alerts_app, webhooks_alias
     from vigil.bench.cli import app as bench_app
     from vigil.bench.eval_cli import app as eval_app
+    from vigil.bench.tune_cli import app as tune_app
     from vigil.connectors.cli import app as connectors_app
     from vigil.dlq import app as dlq_app
     from vigil.models.cli import app as models_app
@@ -170,6 +171,7 @@ def _register_subcommands() -> None:
     app.add_typer(models_app, name="models")
     app.add_typer(bench_app, name="bench")
     app.add_typer(eval_app, name="eval")
+    app.add_typer(tune_app, name="tune")
     connectors_app.add_typer(webhooks_alias, name="webhooks")
     app.add_typer(connectors_app, name="connect")
     app.add_typer(alerting_app, name="alerting")

@@ -138,7 +138,8 @@ class Prediction(BaseModel):
     score_parts: dict[str, float] | None = Field(
         None,
         description="each detector's own score in [0, 1] (`likelihood`: forecast residuals;"
-        " `novelty`: unseen value contexts); `score` fuses them by the group's detector.fusion",
+        " `novelty`: unseen value contexts; `range`: 1.0 for a value beyond the key's whole"
+        " range); `score` fuses them by the group's detector.fusion (a range break always counts)",
     )
     anomaly: bool
     group: str

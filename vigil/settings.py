@@ -71,6 +71,47 @@ SECRET_VARIABLES = ("VIGIL_KAFKA_SASL_PASSWORD", "VIGIL_WEBHOOK_SIGNING_KEY", "V
 log = logging.getLogger(__name__)
 
 
+class ReferenceConfig(StrictModel):
+    """Reference mode: a known-normal period per key, then scores of departures from it that a
+    sustained fault cannot train away (``vigil.models.reference.ReferenceProfile``)."""
+
+    mode: Literal["off", "first_events"] = Field(
+        "off",
+        description="off, or first_events: each key's first `events` events are its known-normal"
+        " reference; later events are scored against it, jointly across channels",
+    )
+    events: int = Field(
+        1000,
+        ge=200,
+        le=10_000,
+        description="events in the reference period (their raw values are kept in the key's"
+        " state until it ends: about 12 bytes per event and channel)",
+    )
+    window: int = Field(
+        20, ge=2, le=1000, description="events the level, spread and error features average over"
+    )
+    order: int = Field(
+        24, ge=1, le=64, description="lags of the per-channel autoregression fit on the reference"
+    )
+    smooth: int = Field(
+        1, ge=1, le=1000, description="events the T² statistic is smoothed over (1: none)"
+    )
+    fusion: Literal["reference", "max"] = Field(
+        "reference",
+        description="the published score in reference mode: the reference part alone, or the max"
+        " of it and the other detectors' fused score",
+    )
+
+    @model_validator(mode="after")
+    def _long_enough(self) -> ReferenceConfig:
+        # as vigil.models.reference.min_reference_events: each half fits, then calibrates
+        if self.events < 2 * (2 * (self.order + 1) + self.window + self.smooth):
+            raise ValueError(
+                "reference.events must be at least 2 * (2 * (order + 1) + window + smooth)"
+            )
+        return self
+
+
 class DetectorConfig(StrictModel):
     """Turns forecast residuals into a score in [0, 1] and incidents with hysteresis."""
 
@@ -78,8 +119,22 @@ class DetectorConfig(StrictModel):
     clear_threshold: float = Field(0.9, gt=0, lt=1, description="score below which it closes")
     cooldown_events: int = Field(10, ge=0, description="events after an incident before another")
     warmup_events: int = Field(64, ge=0, description="events per new key with no alerts")
-    short_window: int = Field(10, ge=1)
-    long_window: int = Field(500, ge=2)
+    short_window: int = Field(
+        80,
+        ge=1,
+        description="events the likelihood averages evidence over (80 and 2000: chosen on NAB)",
+    )
+    long_window: int = Field(
+        2000, ge=2, description="events of history that average is compared with"
+    )
+    surprisal_cap: float = Field(
+        15.0,
+        gt=0,
+        le=700,
+        description="the most evidence one residual brings to the likelihood (its surprisal"
+        " -log p, in nats; 15 is about 5 sigmas): one wild error cannot swamp the average, so"
+        " runs of moderately unusual errors stand out",
+    )
     interval_alpha: float = Field(0.1, gt=0, lt=1, description="1 - nominal interval coverage")
     fusion: Literal["likelihood", "novelty", "max", "corroborated"] = Field(
         "likelihood",
@@ -96,6 +151,18 @@ class DetectorConfig(StrictModel):
     )
     novelty_rest_events: int = Field(
         150, ge=0, description="events the novelty part stays 0 after a high novelty"
+    )
+    range_tolerance: float | None = Field(
+        0.05,
+        ge=0,
+        le=10,
+        description="range break: a value beyond every value the key has shown by more than this"
+        " share of that range scores 1.0 whatever the fusion rule (after `warmup_events`; NAB's"
+        " HTM 'spatial anomaly'); null turns the part off",
+    )
+    reference: ReferenceConfig = Field(
+        default_factory=ReferenceConfig,
+        description="reference mode for sustained faults (off by default)",
     )
 
     @model_validator(mode="after")
