@@ -51,6 +51,31 @@ def inference(
         typer.echo(json.dumps(result.to_json()))
 
 
+@app.command("key-memory")
+def key_memory(
+    json_output: Annotated[
+        bool, typer.Option("--json", help="also print one JSON object as the last line")
+    ] = False,
+    keys: Annotated[int, typer.Option(min=1, help="keys to hold")] = 2000,
+    events: Annotated[int, typer.Option(min=1, help="readings per key (fill the window)")] = 200,
+) -> None:
+    """Bytes a key holds in a worker and in Redis, and a model version's weights (sizing)."""
+    import json
+    from dataclasses import asdict
+
+    from vigil.bench.key_memory import measure_key_memory
+
+    result = measure_key_memory(keys=keys, events_per_key=events)
+    typer.echo(
+        f"default group, {result.keys} keys x {result.events_per_key} readings: "
+        f"{result.bytes_in_memory_per_key / 1024:.1f} KiB per key in memory, "
+        f"{result.state_json_bytes_per_key / 1024:.1f} KiB of state per key in Redis; "
+        f"model {result.model_parameters:,} parameters ({result.model_bytes / 1024:.0f} KiB)"
+    )
+    if json_output:
+        typer.echo(json.dumps(asdict(result) | {"model_bytes": result.model_bytes}))
+
+
 @app.command("pipeline")
 def pipeline(
     json_output: Annotated[

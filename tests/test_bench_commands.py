@@ -1,4 +1,4 @@
-"""`vigil bench inference`: the device choice reaches every measured path."""
+"""`vigil bench inference` (the device choice reaches every measured path) and `key-memory`."""
 
 from __future__ import annotations
 
@@ -33,3 +33,13 @@ def test_auto_runs_on_the_device_the_worker_would_pick() -> None:
     assert result.batched_windows_per_s > 0 and result.gemm_gflops > 0
     assert set(result.stateful_events_per_s) == {32, 256}
     assert json.loads(json.dumps(result.to_json()))["device"] == result.device
+
+
+def test_key_memory_counts_what_keys_hold() -> None:
+    from vigil.bench.key_memory import measure_key_memory
+
+    few = measure_key_memory(keys=3, events_per_key=80)
+    # a window of 64 float rows per key is held at the very least; the saved state is JSON
+    assert few.bytes_in_memory_per_key > 64 * 8
+    assert few.state_json_bytes_per_key > 64 * 8
+    assert few.model_parameters > 0 and few.model_bytes == 4 * few.model_parameters
