@@ -35,7 +35,7 @@ from vigil.models.drift import DriftSignal
 from vigil.models.incidents import IncidentEvent
 from vigil.models.novelty import fuse_scores
 from vigil.models.scoring import ScoreResult, reduce_residual
-from vigil.models.state_codec import get_params
+from vigil.models.state_codec import clone, get_params
 from vigil.models.window import WindowBuffer
 from vigil.records import Alert, DriftEvent, Prediction, Provenance
 from vigil.settings import ModelGroup
@@ -141,6 +141,14 @@ class SeriesProcessor:
         self.max_abs_value = group.max_abs_value
         self.max_future_s = max_future_s
         self.clock = clock
+        # the optional per-key estimators the group's settings ask for (None = off), built once:
+        # a key's state is checked against them each batch and given a clone where it differs
+        self._estimators: dict[str, object | None] = {
+            "season": new_season(group.model),
+            "combination": new_combination(group.model),
+            "range_break": new_range_break(group),
+            "reference": new_reference(group),
+        }
 
     def new_state(self, key: str) -> KeyState:
         return KeyState.new(key, self.group)
@@ -398,14 +406,11 @@ class SeriesProcessor:
         return state.season.push(normalised, raw, interval)
 
     def _fit_estimators(self, state: KeyState) -> None:
-        """Build the seasonal lags and the combination a key's saved state lacks (stored before
-        them, or the group's settings changed), or drop those the group no longer uses."""
-        model = self.group.model
-        season, combination = new_season(model), new_combination(model)
-        if not _same_params(state.season, season):
-            state.season = season
-        if not _same_params(state.combination, combination):
-            state.combination = combination
+        """Build the optional estimators a key's saved state lacks (stored before them, or the
+        group's settings changed: a fresh one), or drop those the group no longer uses."""
+        for name, wanted in self._estimators.items():
+            if not _same_params(getattr(state, name), wanted):
+                setattr(state, name, None if wanted is None else clone(wanted))
 
     @staticmethod
     def regular(state: KeyState) -> bool:
@@ -485,28 +490,16 @@ class SeriesProcessor:
 
     def _range_break(self, state: KeyState, value: float | None) -> float | None:
         """The range-break part (None when ``detector.range_tolerance`` is off), first channel."""
-        if self.group.detector.range_tolerance is None:
-            state.range_break = None
-            return None
         if state.range_break is None:
-            state.range_break = new_range_break(self.group)  # state stored before it
-        assert state.range_break is not None
+            return None
         return state.range_break.score_one(math.nan if value is None else value)
 
     def _reference(self, state: KeyState, step: _Step) -> float | None:
         """Reference mode's part (None when off): the event against the key's known-normal
         period, from the raw values (the normaliser follows a fault; the profile must not)."""
-        if self.group.detector.reference.mode == "off":
-            state.reference = None
+        if state.reference is None:
             return None
-        config, profile = self.group.detector.reference, state.reference
-        if profile is None or (
-            (profile.channels, profile.events, profile.window, profile.order, profile.smooth)
-            != (self.channels, config.events, config.window, config.order, config.smooth)
-        ):  # state stored before reference mode, or under other settings: a new reference
-            profile = state.reference = new_reference(self.group)
-        assert profile is not None
-        return profile.score_one([math.nan if v is None else v for v in step.observed])
+        return state.reference.score_one([math.nan if v is None else v for v in step.observed])
 
     def _prediction(
         self,
