@@ -2,49 +2,22 @@
 
 Registered on the eval app by ``bench/eval_cli.py``; it keeps that app's conventions (human lines,
 then one JSON object as the last line of stdout; with ``--json`` stdout is only that line; bad input
-ends with ``error: <reason>`` and exit code 2). This module cannot import ``eval_cli`` (which
-imports it), hence its own two small output helpers.
+ends with ``error: <reason>`` and exit code 2), through :mod:`bench.cli_output`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from vigil.bench.anomaly_eval import DETECTORS, evaluate, labelled_files, summary_lines
+from vigil.bench.cli_output import emit, fail
 
 _JSON_HELP = "human-readable lines go to stderr; stdout is the JSON line only"
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, str):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _emit(lines: Sequence[str], payload: Mapping[str, Any], json_only: bool) -> None:
-    stream = sys.stderr if json_only else sys.stdout
-    for line in lines:
-        print(line, file=stream)
-    stream.flush()
-    print(json.dumps(_clean(dict(payload)), allow_nan=False), flush=True)
-
-
-def _fail(reason: object) -> typer.Exit:
-    typer.secho(f"error: {reason}", fg=typer.colors.RED, err=True)
-    return typer.Exit(2)
 
 
 def anomalies(
@@ -75,7 +48,7 @@ def anomalies(
 ) -> None:
     """Score detectors against per-row labels: precision, recall, F1, FAR, MAR, NAB-style."""
     if column and channels:
-        raise _fail("give --column or --channels, not both")
+        raise fail("give --column or --channels, not both")
     names = [column] if column else [c.strip() for c in channels.split(",") if c.strip()]
     chosen = [d.strip() for d in detectors.split(",") if d.strip()]
     try:
@@ -86,7 +59,7 @@ def anomalies(
             if not isinstance(config, dict):
                 raise ValueError(f"{group_config}: a JSON object (one group) is expected")
     except (OSError, ValueError) as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     bar: Any = None
     if progress:
         from tqdm import tqdm
@@ -108,7 +81,7 @@ def anomalies(
             progress=bar.update if bar is not None else None,
         )
     except (ValueError, FileNotFoundError, KeyError, TypeError) as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     finally:
         if bar is not None:
             bar.close()
@@ -117,4 +90,4 @@ def anomalies(
         "flag: the detector's own decision; best: the threshold with the best pooled F1 over"
         " these files (in-sample); heldout: thresholds chosen on the other folds of files"
     )
-    _emit(lines, {"command": "anomalies", **outcome}, json_only)
+    emit(lines, {"command": "anomalies", **outcome}, json_only)

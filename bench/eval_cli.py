@@ -6,53 +6,19 @@ all of stdout and the human-readable summary goes to stderr).
 
 from __future__ import annotations
 
-import json
-import math
-import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
+
+from vigil.bench.cli_output import clear_errors, emit
 
 app = typer.Typer(
     help="Evaluations: NAB scoring, forecasting against baselines.", no_args_is_help=True
 )
 
 _JSON_HELP = "human-readable lines go to stderr; stdout is the JSON line only"
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf become null, numpy scalars plain numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _emit(lines: Sequence[str], payload: Mapping[str, Any], json_only: bool) -> None:
-    stream = sys.stderr if json_only else sys.stdout
-    for line in lines:
-        print(line, file=stream)
-    stream.flush()
-    print(json.dumps(_clean(dict(payload)), allow_nan=False), flush=True)
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Bad input ends the command with its reason and exit code 2, not a traceback."""
-    try:
-        yield
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
 
 
 def _profiles(path: Path | None) -> dict[str, Any]:
@@ -98,7 +64,7 @@ def nab_score(
     from vigil.bench.nab.corpus import read_results_corpus, read_thresholds, read_windows
     from vigil.bench.nab.evaluation import ScoredFile, score_corpus
 
-    with _clear_errors():
+    with clear_errors():
         series = read_results_corpus(results, detector)
         windows = read_windows(labels)
         fixed = read_thresholds(thresholds, detector) if thresholds is not None else None
@@ -109,7 +75,7 @@ def nab_score(
             fixed,
         )
     lines = _profile_lines(outcome, f"NAB scores of {detector!r} over {len(series)} files:")
-    _emit(
+    emit(
         lines + _published_lines(),
         {
             "command": "nab-score",
@@ -160,7 +126,7 @@ def nab(
     from vigil.bench.nab.evaluation import layouts_for, score_corpus
     from vigil.bench.nab.runner import run_corpus
 
-    with _clear_errors():
+    with clear_errors():
         windows = read_windows(labels)
         fixed = read_thresholds(thresholds, detector) if thresholds is not None else None
         cost_profiles = _profiles(profiles)
@@ -192,7 +158,7 @@ def nab(
     if report is not None:
         from vigil.bench.report import NabPlot, write_nab_report
 
-        with _clear_errors():
+        with clear_errors():
             chosen = _pick_plots(run.files, windows, plots)
             layouts = layouts_for(chosen, windows)
             standard = outcome.get("standard") or next(iter(outcome.values()))
@@ -211,7 +177,7 @@ def nab(
             path = write_nab_report(report, detector, outcome, plot_items, notes)
         lines.append(f"report: {path}")
         payload["report"] = str(path)
-    _emit(lines, payload, json_only)
+    emit(lines, payload, json_only)
 
 
 def _windows_for(path: Path, windows: Mapping[str, Any] | None, x: Any) -> list[Any]:
@@ -274,7 +240,7 @@ def forecast(
     from vigil.bench.nab.corpus import read_windows
 
     names = tuple(n.strip() for n in models.split(",") if n.strip())
-    with _clear_errors():
+    with clear_errors():
         windows = read_windows(labels) if labels is not None else None
         group = None
         if group_config is not None:
@@ -334,7 +300,7 @@ def forecast(
         from vigil.bench.nab.scoring import layout_file
         from vigil.bench.report import ForecastPlot, write_forecast_report
 
-        with _clear_errors():
+        with clear_errors():
             plot_items = []
             for result in results:
                 x = result.series.times
@@ -344,7 +310,7 @@ def forecast(
             path = write_forecast_report(report, plot_items)
         lines.append(f"report: {path}")
         payload["report"] = str(path)
-    _emit(lines, payload, json_only)
+    emit(lines, payload, json_only)
 
 
 def _row_note(rows: Any) -> str:

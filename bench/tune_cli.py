@@ -8,15 +8,14 @@ with ``error: <reason>`` and exit code 2.
 from __future__ import annotations
 
 import json
-import math
-import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
+
+from vigil.bench.cli_output import clear_errors, emit
 
 if TYPE_CHECKING:
     from vigil.bench.tune import Objective, SearchSpace, Series, TuneOutcome
@@ -29,26 +28,6 @@ app = typer.Typer(
 )
 
 _JSON_HELP = "human-readable lines go to stderr; stdout is the JSON line only"
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Bad input ends the command with its reason and exit code 2, not a traceback."""
-    try:
-        yield
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _figure(value: float | None) -> str:
@@ -156,14 +135,6 @@ def _report(
     return lines, payload
 
 
-def _emit(lines: Sequence[str], payload: Mapping[str, Any], json_only: bool) -> None:
-    stream = sys.stderr if json_only else sys.stdout
-    for line in lines:
-        print(line, file=stream)
-    stream.flush()
-    print(json.dumps(_json_safe(dict(payload)), allow_nan=False), flush=True)
-
-
 def _check_name(name: str) -> None:
     from pydantic import ValidationError
 
@@ -190,7 +161,7 @@ def _tune(
 
     started = time.perf_counter()
     out: Path | None = options["out"]
-    with _clear_errors():
+    with clear_errors():
         outcome = run_search(
             objective=objective,
             series=series,
@@ -220,7 +191,7 @@ def _tune(
         seconds=time.perf_counter() - started,
         extra=extra,
     )
-    _emit(lines, payload, json_only)
+    emit(lines, payload, json_only)
 
 
 # Options both commands share (typer reads them from each signature).
@@ -292,7 +263,7 @@ def tune_nab(
     from vigil.bench.replay_harness import nab_group
     from vigil.bench.tune import DEFAULT_NAB_SPACE, NabObjective, load_space, read_nab_series
 
-    with _clear_errors():
+    with clear_errors():
         if profile not in NAB_PROFILES:
             raise ValueError(f"unknown profile {profile!r}; NAB's: {', '.join(NAB_PROFILES)}")
         _check_name(name)
@@ -348,7 +319,7 @@ def tune_forecast(
         read_forecast_series,
     )
 
-    with _clear_errors():
+    with clear_errors():
         _check_name(name)
         base = forecast_group(horizon)
         search_space = load_space(space, DEFAULT_FORECAST_SPACE, base)
